@@ -1,0 +1,212 @@
+"""What every golive actor shares: futures the event loop can await, crash handling, tells
+that never raise.
+
+pykka runs one thread per actor. The event loop must never block on an actor, so asks made
+from the loop return a :class:`CallbackFuture`, which :func:`reply_of` turns into an awaitable
+without parking a thread. An unexpected exception in any handler, asked or told, is a crash:
+the actor releases what it holds, tells its parent and stops (pykka alone would keep an actor
+running after an exception in an *asked* handler, with its state half-changed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
+
+import pykka
+import structlog
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+P = ParamSpec("P")
+A = TypeVar("A", bound="GoliveActor")
+
+ExcInfo = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
+
+
+class CallbackFuture(pykka.ThreadingFuture[T]):
+    """A pykka future that also runs callbacks once it is resolved (in the resolving thread)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks_lock = threading.Lock()
+        self._callbacks: list[Callable[[], None]] | None = []
+
+    def set(self, value: Any | None = None) -> None:
+        super().set(value)
+        self._run_callbacks()
+
+    def set_exception(self, exc_info: ExcInfo | None = None) -> None:
+        super().set_exception(exc_info)
+        self._run_callbacks()
+
+    def add_done_callback(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once resolved; at once if it already is."""
+        with self._callbacks_lock:
+            if self._callbacks is not None:
+                self._callbacks.append(callback)
+                return
+        callback()
+
+    def _run_callbacks(self) -> None:
+        with self._callbacks_lock:
+            callbacks, self._callbacks = self._callbacks or [], None
+        for callback in callbacks:
+            callback()
+
+
+async def reply_of(future: pykka.Future[T], timeout: float) -> T:  # noqa: ASYNC109  the bound is the point
+    """Await an actor's reply on the event loop without blocking it.
+
+    Raises :class:`TimeoutError` after ``timeout`` seconds and whatever the actor raised
+    (``pykka.ActorDeadError`` when it was gone).
+    """
+    loop = asyncio.get_running_loop()
+    if not isinstance(future, CallbackFuture):  # a future made by a plain pykka actor
+        return await asyncio.wait_for(asyncio.to_thread(future.get, timeout=timeout), timeout)
+    result: asyncio.Future[T] = loop.create_future()
+
+    def transfer() -> None:  # on the loop
+        if result.done():  # the waiter timed out or was cancelled
+            return
+        try:
+            result.set_result(future.get(timeout=0))
+        except Exception as exc:  # noqa: BLE001  the actor's exception goes to the awaiting caller
+            result.set_exception(exc)
+
+    def resolved() -> None:  # in the actor's thread
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+            loop.call_soon_threadsafe(transfer)
+
+    future.add_done_callback(resolved)
+    return await asyncio.wait_for(result, timeout)
+
+
+def tell_quietly(ref: pykka.ActorRef[Any], message: object) -> bool:
+    """Tell ``message``; a dead recipient is not an error (it has ended). True if delivered."""
+    try:
+        ref.tell(message)
+    except pykka.ActorDeadError:
+        log.debug("told a stopped actor", actor=str(ref), message=type(message).__name__)
+        return False
+    return True
+
+
+def stop_all(refs: Iterable[pykka.ActorRef[Any]], timeout: float) -> None:
+    """Stop actors concurrently and wait until each has stopped (or was already gone)."""
+    futures = []
+    for ref in refs:
+        try:
+            futures.append(ref.stop(block=False))
+        except pykka.ActorDeadError:
+            continue
+    for future in futures:
+        try:
+            future.get(timeout=timeout)
+        except pykka.ActorDeadError:
+            continue
+        except pykka.Timeout:
+            log.error("actor did not stop in time", timeout=timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class Barrier:
+    """Asked of any golive actor: answered once every message sent before it was handled."""
+
+
+async def barrier(ref: pykka.ActorRef[Any], timeout: float) -> None:  # noqa: ASYNC109  the bound is the point
+    """Wait, on the loop, until ``ref`` has handled everything sent to it so far (or stopped)."""
+    try:
+        await reply_of(ref.ask(Barrier(), block=False), timeout)
+    except pykka.ActorDeadError:
+        return
+
+
+class GoliveActor(pykka.ThreadingActor):
+    """Base class: awaitable futures, crash = release + tell parent + stop.
+
+    Subclasses handle told events in :meth:`handle`; asked commands are proxy methods.
+    """
+
+    actor_kind = "actor"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._released = False
+
+    @staticmethod
+    def _create_future() -> pykka.Future[Any]:
+        # pykka's ask() (and so every proxy call) takes its future from here.
+        return CallbackFuture()
+
+    def ping(self) -> None:
+        """A barrier: returns once every message sent before it was handled."""
+
+    def on_receive(self, message: Any) -> None:
+        if isinstance(message, Barrier):
+            return
+        self.handle(message)
+
+    def handle(self, message: Any) -> None:
+        """Handle a told event. An unknown message is a bug: the actor crashes."""
+        raise TypeError(f"{self.actor_kind} cannot handle {message!r}")
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def release(self, *, crashed: bool) -> None:
+        """Give back what the actor holds. Runs once, from on_stop or on_failure."""
+
+    def on_stop(self) -> None:
+        self._release_once(crashed=False)
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,  # noqa: ARG002  pykka's signature
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,  # noqa: ARG002  pykka's signature
+    ) -> None:
+        self._crashed(exception_value)
+
+    def _crashed(self, exc: BaseException | None) -> None:
+        log.error(
+            "actor crashed",
+            actor=self.actor_kind,
+            urn=self.actor_urn,
+            error=repr(exc),
+        )
+        self.on_crash()
+        self._release_once(crashed=True)
+
+    def on_crash(self) -> None:
+        """Count the crash, tell the parent. Called before :meth:`release`."""
+
+    def _release_once(self, *, crashed: bool) -> None:
+        if self._released:
+            return
+        self._released = True
+        self.release(crashed=crashed)
+
+
+def guarded(
+    method: Callable[Concatenate[A, P], T],
+) -> Callable[Concatenate[A, P], T]:
+    """Treat an exception in an asked handler as the actor crashing, then re-raise it to the
+    caller. Without this pykka would hand the exception back and keep the actor running."""
+
+    @functools.wraps(method)
+    def wrapper(self: A, *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:
+            self._crashed(exc)
+            self.stop()
+            raise
+
+    return cast(Callable[Concatenate[A, P], T], wrapper)

@@ -1,0 +1,199 @@
+"""The room directory: which rooms exist, and who publishes in each.
+
+A room exists exactly while it has a publisher, so the directory is where "one publisher per
+room" is decided: a claim on a free name creates the room (pending until the publisher's
+offer is answered), a claim on a taken name is refused. Every end of a room goes through
+here too (the publisher leaving, a failed publish, an admin close, shutdown), so that the name
+is free again the moment the caller hears back. The directory only *tells* rooms; it never
+waits on one, and rooms never ask it anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar, cast
+
+import pykka
+import structlog
+from pykka.typing import ActorMemberMixin, proxy_method
+
+from golive.actors.base import GoliveActor, guarded, stop_all, tell_quietly
+from golive.actors.messages import (
+    ClaimPublisher,
+    CloseRoom,
+    EndAllRooms,
+    EndReason,
+    EndRoom,
+    PublisherClaimed,
+    Refusal,
+    Refused,
+    Role,
+    RoomCrashed,
+    RoomEnding,
+    RoomName,
+    SessionId,
+    new_session_id,
+)
+from golive.actors.ports import LoopPort
+from golive.actors.room import RoomActor
+from golive.metrics import Metrics
+
+H = TypeVar("H")
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryEntry(Generic[H]):
+    publisher: SessionId
+    room: H
+
+
+@dataclass(slots=True)
+class DirectoryState(Generic[H]):
+    """Which rooms exist, without threads or I/O. ``H`` is whatever stands for a room."""
+
+    rooms: dict[RoomName, DirectoryEntry[H]] = field(default_factory=dict)
+    accepting: bool = True
+
+    def can_claim(self, room: RoomName) -> Refusal | None:
+        if not self.accepting:
+            return Refusal.SHUTTING_DOWN
+        if room in self.rooms:
+            return Refusal.ROOM_TAKEN
+        return None
+
+    def add(self, room: RoomName, publisher: SessionId, handle: H) -> None:
+        if self.can_claim(room) is not None:
+            raise ValueError(f"room {room} cannot be claimed")
+        self.rooms[room] = DirectoryEntry(publisher, handle)
+
+    def remove(
+        self, room: RoomName, publisher: SessionId | None = None
+    ) -> DirectoryEntry[H] | Refusal:
+        """Remove ``room`` (only if ``publisher`` still publishes there, when given)."""
+        entry = self.rooms.get(room)
+        if entry is None:
+            return Refusal.NO_SUCH_ROOM
+        if publisher is not None and entry.publisher != publisher:
+            return Refusal.UNKNOWN_SESSION
+        del self.rooms[room]
+        return entry
+
+    def close(self) -> list[DirectoryEntry[H]]:
+        """Stop accepting claims; every room, removed."""
+        self.accepting = False
+        entries = list(self.rooms.values())
+        self.rooms.clear()
+        return entries
+
+
+class DirectoryActor(GoliveActor):
+    actor_kind = "directory"
+
+    def __init__(
+        self, *, port: LoopPort, metrics: Metrics, max_subscribers: int, stop_timeout: float
+    ) -> None:
+        super().__init__()
+        self._state: DirectoryState[pykka.ActorRef[Any]] = DirectoryState()
+        self._port = port
+        self._metrics = metrics
+        self._max_subscribers = max_subscribers
+        self._stop_timeout = stop_timeout
+        self._log = structlog.get_logger(__name__)
+
+    @guarded
+    def claim_publisher(self, message: ClaimPublisher) -> PublisherClaimed | Refused:
+        refusal = self._state.can_claim(message.room)
+        if refusal is not None:
+            self._metrics.join_refusals.labels(Role.PUBLISHER.value, refusal.value).inc()
+            return Refused(refusal)
+        session = new_session_id()
+        ref = RoomActor.start(
+            message.room,
+            session,
+            directory=self.actor_ref,
+            port=self._port,
+            metrics=self._metrics,
+            max_subscribers=self._max_subscribers,
+            stop_timeout=self._stop_timeout,
+        )
+        self._state.add(message.room, session, ref)
+        self._metrics.sessions.labels(Role.PUBLISHER.value).inc()
+        self._count_rooms()
+        return PublisherClaimed(message.room, session, ref)
+
+    @guarded
+    def end_room(self, message: EndRoom) -> RoomEnding | Refused:
+        entry = self._state.remove(message.room, message.publisher)
+        if isinstance(entry, Refusal):
+            return Refused(entry)
+        tell_quietly(entry.room, CloseRoom(message.reason, message.trace))
+        self._publisher_ended(message.reason)
+        return RoomEnding(message.room, entry.room)
+
+    @guarded
+    def end_all(self, message: EndAllRooms) -> tuple[RoomEnding, ...]:
+        """Stop admitting publishers and end every room (shutdown)."""
+        return tuple(
+            self._close(name, entry, message.reason) for name, entry in self._entries_closing()
+        )
+
+    @guarded
+    def lookup(self, room: RoomName) -> pykka.ActorRef[Any] | None:
+        entry = self._state.rooms.get(room)
+        return None if entry is None else entry.room
+
+    @guarded
+    def rooms(self) -> tuple[tuple[RoomName, pykka.ActorRef[Any]], ...]:
+        return tuple((name, entry.room) for name, entry in sorted(self._state.rooms.items()))
+
+    def handle(self, message: Any) -> None:
+        match message:
+            case RoomCrashed(room=room, actor_urn=urn):
+                entry = self._state.rooms.get(room)
+                if entry is not None and entry.room.actor_urn == urn:
+                    self._state.remove(room)
+                    self._publisher_ended(EndReason.ROOM_FAILED)
+                    self._log.error("room crashed and was removed", room=room)
+            case _:
+                raise TypeError(f"directory cannot handle {message!r}")
+
+    def on_crash(self) -> None:
+        self._metrics.actor_crashes.labels(self.actor_kind).inc()
+
+    def release(self, *, crashed: bool) -> None:
+        reason = EndReason.ROOM_FAILED if crashed else EndReason.SHUTDOWN
+        endings = [self._close(name, entry, reason) for name, entry in self._entries_closing()]
+        stop_all([ending.room_actor for ending in endings], self._stop_timeout)
+
+    def _entries_closing(self) -> list[tuple[RoomName, DirectoryEntry[pykka.ActorRef[Any]]]]:
+        items = sorted(self._state.rooms.items())
+        self._state.close()
+        return items
+
+    def _close(
+        self, name: RoomName, entry: DirectoryEntry[pykka.ActorRef[Any]], reason: EndReason
+    ) -> RoomEnding:
+        tell_quietly(entry.room, CloseRoom(reason))
+        self._publisher_ended(reason)
+        return RoomEnding(name, entry.room)
+
+    def _publisher_ended(self, reason: EndReason) -> None:
+        self._metrics.sessions.labels(Role.PUBLISHER.value).dec()
+        self._metrics.sessions_ended.labels(Role.PUBLISHER.value, reason.value).inc()
+        self._count_rooms()
+
+    def _count_rooms(self) -> None:
+        self._metrics.rooms.set(len(self._state.rooms))
+
+
+class DirectoryProxy(ActorMemberMixin, pykka.ActorProxy[DirectoryActor]):
+    claim_publisher = proxy_method(DirectoryActor.claim_publisher)
+    end_room = proxy_method(DirectoryActor.end_room)
+    end_all = proxy_method(DirectoryActor.end_all)
+    lookup = proxy_method(DirectoryActor.lookup)
+    rooms = proxy_method(DirectoryActor.rooms)
+    ping = proxy_method(DirectoryActor.ping)
+
+
+def directory_proxy(ref: pykka.ActorRef[DirectoryActor]) -> DirectoryProxy:
+    return cast(DirectoryProxy, ref.proxy())

@@ -1,0 +1,154 @@
+"""One fanout per published track: who receives the track's packets, and from when.
+
+The fanout owns the track's routing table. Packets never pass through it: forwarding runs on
+the event loop with plain calls, reading the latest :class:`RoutingTable` the fanout published
+through the :class:`LoopPort`. What goes through the fanout are the *decisions*: a subscriber
+is ready, a subscriber started on a keyframe, a subscriber is gone.
+
+A video route starts ``WAITING_KEYFRAME`` (the loop sends nothing until a keyframe, then
+reports :class:`KeyframeDelivered`); an audio route starts ``FORWARDING``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import pykka
+import structlog
+from pykka.typing import ActorMemberMixin, proxy_method
+
+from golive.actors.base import GoliveActor, guarded, tell_quietly
+from golive.actors.messages import (
+    KeyframeDelivered,
+    MediaKind,
+    Route,
+    RouteGone,
+    RoutePhase,
+    RouteReady,
+    RoutingTable,
+    SessionId,
+    TrackForwarding,
+    TrackInfo,
+    TrackKey,
+)
+from golive.actors.ports import LoopPort
+from golive.metrics import Metrics
+
+
+@dataclass(slots=True)
+class FanoutState:
+    """The routing table of one track, without threads or I/O."""
+
+    track: TrackKey
+    kind: MediaKind
+    routes: dict[SessionId, RoutePhase] = field(default_factory=dict)
+    version: int = 0
+    closed: bool = False
+
+    def add(self, session: SessionId) -> RoutePhase | None:
+        """Route the track to ``session``; the phase it starts in, None if nothing changed."""
+        if self.closed or session in self.routes:
+            return None
+        phase = (
+            RoutePhase.WAITING_KEYFRAME if self.kind is MediaKind.VIDEO else RoutePhase.FORWARDING
+        )
+        self.routes[session] = phase
+        self.version += 1
+        return phase
+
+    def keyframe_delivered(self, session: SessionId) -> bool:
+        """The session started on a keyframe. True if it was waiting for one."""
+        if self.routes.get(session) is not RoutePhase.WAITING_KEYFRAME:
+            return False
+        self.routes[session] = RoutePhase.FORWARDING
+        self.version += 1
+        return True
+
+    def remove(self, session: SessionId) -> bool:
+        if self.routes.pop(session, None) is None:
+            return False
+        self.version += 1
+        return True
+
+    def close(self) -> None:
+        """Retire the track: no route any more, and none can be added."""
+        self.closed = True
+        self.routes.clear()
+        self.version += 1
+
+    def waiting(self) -> frozenset[SessionId]:
+        return frozenset(s for s, p in self.routes.items() if p is RoutePhase.WAITING_KEYFRAME)
+
+    def table(self, fanout: pykka.ActorRef[Any] | None = None) -> RoutingTable:
+        return RoutingTable(
+            track=self.track,
+            version=self.version,
+            routes=tuple(Route(session, phase) for session, phase in self.routes.items()),
+            retired=self.closed,
+            fanout=fanout,
+        )
+
+
+class FanoutActor(GoliveActor):
+    actor_kind = "fanout"
+
+    def __init__(self, track: TrackKey, info: TrackInfo, *, port: LoopPort, metrics: Metrics):
+        super().__init__()
+        self._state = FanoutState(track=track, kind=info.kind)
+        self._port = port
+        self._metrics = metrics
+        self._subscribers: dict[SessionId, pykka.ActorRef[Any]] = {}
+        self._log = structlog.get_logger(__name__).bind(
+            room=track.room, track=track.track_id, kind=info.kind.value
+        )
+
+    def on_start(self) -> None:
+        self._publish()
+
+    @guarded
+    def describe(self) -> RoutingTable:
+        return self._state.table()
+
+    def handle(self, message: Any) -> None:
+        match message:
+            case RouteReady(session=session, subscriber=subscriber):
+                phase = self._state.add(session)
+                if phase is None:
+                    return
+                self._subscribers[session] = subscriber
+                self._publish()
+                if phase is RoutePhase.FORWARDING:
+                    tell_quietly(subscriber, TrackForwarding(self._state.track.track_id))
+            case KeyframeDelivered(session=session):
+                if self._state.keyframe_delivered(session):
+                    self._publish()
+                    waiting = self._subscribers.get(session)
+                    if waiting is not None:
+                        tell_quietly(waiting, TrackForwarding(self._state.track.track_id))
+            case RouteGone(session=session):
+                self._subscribers.pop(session, None)
+                if self._state.remove(session):
+                    self._publish()
+            case _:
+                raise TypeError(f"fanout cannot handle {message!r}")
+
+    def on_crash(self) -> None:
+        self._metrics.actor_crashes.labels(self.actor_kind).inc()
+
+    def release(self, *, crashed: bool) -> None:  # noqa: ARG002  same on crash and on stop
+        self._state.close()
+        self._subscribers.clear()
+        self._publish()
+
+    def _publish(self) -> None:
+        self._port.publish_routes(self._state.table(self.actor_ref))
+
+
+class FanoutProxy(ActorMemberMixin, pykka.ActorProxy[FanoutActor]):
+    describe = proxy_method(FanoutActor.describe)
+    ping = proxy_method(FanoutActor.ping)
+
+
+def fanout_proxy(ref: pykka.ActorRef[FanoutActor]) -> FanoutProxy:
+    return cast(FanoutProxy, ref.proxy())

@@ -1,0 +1,20 @@
+"""How actors reach the event loop.
+
+Actors never touch aiortc or aiohttp objects: those belong to the event loop's thread. What
+an actor decides for the loop goes through a :class:`LoopPort`, whose methods are safe to call
+from any thread and only *schedule* work on the loop.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from golive.actors.messages import EndReason, RoutingTable, SessionId
+
+
+class LoopPort(Protocol):
+    def publish_routes(self, table: RoutingTable) -> None:
+        """Install a fanout's new routing table (an empty one retires the track)."""
+
+    def close_session(self, session: SessionId, reason: EndReason) -> None:
+        """End a session's transport (its peer connection) on the loop."""

@@ -1,0 +1,259 @@
+"""A room: one publisher, its tracks, and the viewers admitted to it.
+
+:class:`RoomState` holds every rule of contract section 4 that concerns one room, as plain
+code (no threads, no I/O); the property suite drives it directly. :class:`RoomActor` is the
+thin shell that owns a ``RoomState`` in its own thread and carries out its decisions: it
+starts one :class:`FanoutActor` per published track and one :class:`SubscriberActor` per
+viewer, and when the room ends it closes every session and stops every child before it stops.
+
+A room is created by the directory on its first publish, *pending* until the publisher's
+offer is answered (:class:`PublisherReady`), then *live*. Only a live room admits viewers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, cast
+
+import pykka
+import structlog
+from pykka.typing import ActorMemberMixin, proxy_method
+
+from golive.actors.base import GoliveActor, guarded, stop_all, tell_quietly
+from golive.actors.fanout import FanoutActor
+from golive.actors.messages import (
+    CloseRoom,
+    CloseSession,
+    Done,
+    EndReason,
+    JoinSubscriber,
+    LeaveSubscriber,
+    PublisherReady,
+    Refusal,
+    Refused,
+    Role,
+    RoomCrashed,
+    RoomInfo,
+    RoomName,
+    SessionId,
+    SubscriberAdmitted,
+    SubscriberEnded,
+    TrackId,
+    TrackInfo,
+    TrackKey,
+    new_session_id,
+)
+from golive.actors.ports import LoopPort
+from golive.actors.subscriber import SubscriberActor
+from golive.metrics import Metrics
+
+
+class PublisherPhase(StrEnum):
+    PENDING = "pending"  # claimed, its offer not answered yet
+    LIVE = "live"  # answered: tracks known, viewers admitted
+
+
+@dataclass(slots=True)
+class RoomState:
+    """The rules of one room, without threads or I/O."""
+
+    name: RoomName
+    publisher: SessionId
+    max_subscribers: int = 0  # 0 = no limit
+    phase: PublisherPhase = PublisherPhase.PENDING
+    tracks: tuple[TrackInfo, ...] = ()
+    subscribers: set[SessionId] = field(default_factory=set)
+    ended: EndReason | None = None
+
+    def go_live(self, session: SessionId, tracks: tuple[TrackInfo, ...]) -> Refusal | None:
+        """The publisher's offer was answered with these tracks."""
+        if self.ended is not None or session != self.publisher:
+            return Refusal.UNKNOWN_SESSION
+        if not tracks:
+            raise ValueError("a publisher goes live with at least one track")
+        if len({t.track_id for t in tracks}) != len(tracks):
+            raise ValueError("track ids of a publisher must be distinct")
+        if self.phase is PublisherPhase.LIVE:
+            return None if tracks == self.tracks else Refusal.UNKNOWN_SESSION
+        self.phase = PublisherPhase.LIVE
+        self.tracks = tracks
+        return None
+
+    def admit(self, session: SessionId) -> Refusal | None:
+        """Admit a viewer, or say why not."""
+        if self.ended is not None or self.phase is not PublisherPhase.LIVE:
+            return Refusal.NO_PUBLISHER
+        if 0 < self.max_subscribers <= len(self.subscribers):
+            return Refusal.SUBSCRIBER_LIMIT
+        if session in self.subscribers:
+            raise ValueError(f"session {session} was admitted twice")
+        self.subscribers.add(session)
+        return None
+
+    def remove(self, session: SessionId) -> bool:
+        """A viewer left. False if it was not (or no longer) in the room."""
+        if session not in self.subscribers:
+            return False
+        self.subscribers.discard(session)
+        return True
+
+    def end(self, reason: EndReason) -> frozenset[SessionId]:
+        """End the room: the viewer sessions to close (none if it had ended already)."""
+        if self.ended is not None:
+            return frozenset()
+        self.ended = reason
+        sessions = frozenset(self.subscribers)
+        self.subscribers.clear()
+        return sessions
+
+    def info(self) -> RoomInfo:
+        return RoomInfo(
+            name=self.name,
+            has_publisher=self.ended is None,
+            tracks=self.tracks,
+            subscribers=len(self.subscribers),
+        )
+
+
+class RoomActor(GoliveActor):
+    actor_kind = "room"
+
+    def __init__(
+        self,
+        name: RoomName,
+        publisher: SessionId,
+        *,
+        directory: pykka.ActorRef[Any],
+        port: LoopPort,
+        metrics: Metrics,
+        max_subscribers: int,
+        stop_timeout: float,
+    ) -> None:
+        super().__init__()
+        self._state = RoomState(name=name, publisher=publisher, max_subscribers=max_subscribers)
+        self._directory = directory
+        self._port = port
+        self._metrics = metrics
+        self._stop_timeout = stop_timeout
+        self._fanouts: dict[TrackId, pykka.ActorRef[Any]] = {}
+        self._subscribers: dict[SessionId, pykka.ActorRef[Any]] = {}
+        self._log = structlog.get_logger(__name__).bind(room=name)
+
+    def on_start(self) -> None:
+        self._metrics.subscribers.labels(self._state.name).set(0)
+        self._log.info("room created", publisher=self._state.publisher)
+
+    # -- asked --------------------------------------------------------------------------------
+
+    @guarded
+    def publisher_ready(self, message: PublisherReady) -> Done | Refused:
+        refusal = self._state.go_live(message.session, message.tracks)
+        if refusal is not None:
+            return Refused(refusal)
+        for track in message.tracks:
+            if track.track_id not in self._fanouts:
+                key = TrackKey(self._state.name, self._state.publisher, track.track_id)
+                self._fanouts[track.track_id] = FanoutActor.start(
+                    key, track, port=self._port, metrics=self._metrics
+                )
+        self._log.info("room live", tracks=[t.codec for t in message.tracks])
+        return Done()
+
+    @guarded
+    def join_subscriber(self, message: JoinSubscriber) -> SubscriberAdmitted | Refused:  # noqa: ARG002  the join carries only its trace
+        session = new_session_id()
+        refusal = self._state.admit(session)
+        if refusal is not None:
+            self._metrics.join_refusals.labels(Role.SUBSCRIBER.value, refusal.value).inc()
+            return Refused(refusal)
+        ref = SubscriberActor.start(
+            session,
+            self._state.name,
+            fanouts=self._fanouts,
+            parent=self.actor_ref,
+            port=self._port,
+            metrics=self._metrics,
+        )
+        self._subscribers[session] = ref
+        self._metrics.sessions.labels(Role.SUBSCRIBER.value).inc()
+        self._count_subscribers()
+        self._log.info("subscriber admitted", session=session)
+        return SubscriberAdmitted(self._state.name, session, self._state.tracks, ref)
+
+    @guarded
+    def leave_subscriber(self, message: LeaveSubscriber) -> Done | Refused:
+        if not self._state.remove(message.session):
+            return Refused(Refusal.UNKNOWN_SESSION)
+        ref = self._subscribers.pop(message.session)
+        tell_quietly(ref, CloseSession(message.reason))
+        stop_all([ref], self._stop_timeout)
+        self._subscriber_ended(message.reason)
+        return Done()
+
+    @guarded
+    def describe(self) -> RoomInfo:
+        return self._state.info()
+
+    # -- told ---------------------------------------------------------------------------------
+
+    def handle(self, message: Any) -> None:
+        match message:
+            case CloseRoom(reason=reason):
+                self._end(reason)
+                self.stop()
+            case SubscriberEnded(session=session, reason=reason):
+                # The subscriber ended on its own and stops itself.
+                if self._state.remove(session):
+                    self._subscribers.pop(session, None)
+                    self._subscriber_ended(reason)
+            case _:
+                raise TypeError(f"room cannot handle {message!r}")
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def on_crash(self) -> None:
+        self._metrics.actor_crashes.labels(self.actor_kind).inc()
+        tell_quietly(self._directory, RoomCrashed(self._state.name, self.actor_urn))
+
+    def release(self, *, crashed: bool) -> None:
+        self._end(EndReason.ROOM_FAILED if crashed else EndReason.SHUTDOWN)
+
+    def _end(self, reason: EndReason) -> None:
+        """Close every session, stop every child. Runs once; later calls do nothing."""
+        if self._state.ended is not None:
+            return
+        sessions = self._state.end(reason)
+        subscribers = [self._subscribers.pop(s) for s in sessions if s in self._subscribers]
+        for ref in subscribers:
+            tell_quietly(ref, CloseSession(reason))
+        children = [*subscribers, *self._subscribers.values(), *self._fanouts.values()]
+        stop_all(children, self._stop_timeout)
+        self._subscribers.clear()
+        self._fanouts.clear()
+        for _ in sessions:
+            self._subscriber_ended(reason)
+        self._port.close_session(self._state.publisher, reason)
+        self._metrics.forget_room(self._state.name)
+        self._log.info("room ended", reason=reason.value, subscribers_closed=len(sessions))
+
+    def _subscriber_ended(self, reason: EndReason) -> None:
+        self._metrics.sessions.labels(Role.SUBSCRIBER.value).dec()
+        self._metrics.sessions_ended.labels(Role.SUBSCRIBER.value, reason.value).inc()
+        if self._state.ended is None:
+            self._count_subscribers()
+
+    def _count_subscribers(self) -> None:
+        self._metrics.subscribers.labels(self._state.name).set(len(self._state.subscribers))
+
+
+class RoomProxy(ActorMemberMixin, pykka.ActorProxy[RoomActor]):
+    publisher_ready = proxy_method(RoomActor.publisher_ready)
+    join_subscriber = proxy_method(RoomActor.join_subscriber)
+    leave_subscriber = proxy_method(RoomActor.leave_subscriber)
+    describe = proxy_method(RoomActor.describe)
+    ping = proxy_method(RoomActor.ping)
+
+
+def room_proxy(ref: pykka.ActorRef[Any]) -> RoomProxy:
+    return cast(RoomProxy, ref.proxy())

@@ -1,0 +1,151 @@
+"""One actor per viewer session: that session's lifecycle, and nothing else.
+
+``NEGOTIATING`` (admitted, answer being made) → ``WAITING_KEYFRAME`` (ICE and DTLS up, routes
+requested from every fanout) → ``ACTIVE`` (every track forwarding) → ``CLOSED``. The peer
+connection's lifecycle arrives as told events from the loop; the end of the session is
+decided here and carried out on the loop through the :class:`LoopPort`.
+
+Cost: pykka gives every actor a thread. A subscriber actor holds its small state and no
+other resource; ``make bench`` measures its threads and memory per viewer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import pykka
+import structlog
+from pykka.typing import ActorMemberMixin, proxy_method
+
+from golive.actors.base import GoliveActor, guarded, tell_quietly
+from golive.actors.messages import (
+    CloseSession,
+    EndReason,
+    PeerConnected,
+    PeerFailed,
+    Role,
+    RoomName,
+    RouteGone,
+    RouteReady,
+    SessionId,
+    SubscriberEnded,
+    SubscriberPhase,
+    TrackForwarding,
+    TrackId,
+)
+from golive.actors.ports import LoopPort
+from golive.metrics import Metrics
+
+
+@dataclass(slots=True)
+class SubscriberState:
+    """A viewer session's phase, without threads or I/O."""
+
+    tracks: frozenset[TrackId]
+    phase: SubscriberPhase = SubscriberPhase.NEGOTIATING
+    forwarding: set[TrackId] = field(default_factory=set)
+    end_reason: EndReason | None = None
+
+    def connected(self) -> bool:
+        """ICE and DTLS are up. True if this starts the routes."""
+        if self.phase is not SubscriberPhase.NEGOTIATING:
+            return False
+        self.phase = SubscriberPhase.WAITING_KEYFRAME
+        self._settle()
+        return True
+
+    def track_forwarding(self, track: TrackId) -> None:
+        if self.phase is SubscriberPhase.CLOSED or track not in self.tracks:
+            return
+        self.forwarding.add(track)
+        self._settle()
+
+    def close(self, reason: EndReason) -> bool:
+        """True the first time only: a closed session stays closed."""
+        if self.phase is SubscriberPhase.CLOSED:
+            return False
+        self.phase = SubscriberPhase.CLOSED
+        self.end_reason = reason
+        return True
+
+    def _settle(self) -> None:
+        if self.phase is SubscriberPhase.WAITING_KEYFRAME and self.forwarding >= self.tracks:
+            self.phase = SubscriberPhase.ACTIVE
+
+
+class SubscriberActor(GoliveActor):
+    actor_kind = "subscriber"
+
+    def __init__(
+        self,
+        session: SessionId,
+        room: RoomName,
+        *,
+        fanouts: Mapping[TrackId, pykka.ActorRef[Any]],
+        parent: pykka.ActorRef[Any],
+        port: LoopPort,
+        metrics: Metrics,
+    ) -> None:
+        super().__init__()
+        self._session = session
+        self._state = SubscriberState(tracks=frozenset(fanouts))
+        self._fanouts = dict(fanouts)
+        self._parent = parent
+        self._port = port
+        self._metrics = metrics
+        self._log = structlog.get_logger(__name__).bind(
+            room=room, session=session, role=Role.SUBSCRIBER.value
+        )
+
+    @guarded
+    def describe(self) -> SubscriberPhase:
+        return self._state.phase
+
+    def handle(self, message: Any) -> None:
+        match message:
+            case PeerConnected():
+                if self._state.connected():
+                    self._log.info("subscriber connected")
+                    for fanout in self._fanouts.values():
+                        tell_quietly(fanout, RouteReady(self._session, self.actor_ref))
+            case TrackForwarding(track_id=track_id):
+                before = self._state.phase
+                self._state.track_forwarding(track_id)
+                if before is not self._state.phase:
+                    self._log.info("subscriber active")
+            case PeerFailed(reason=reason):
+                # The transport ended by itself: end the session, tell the room, stop.
+                self._end(reason)
+                tell_quietly(self._parent, SubscriberEnded(self._session, reason))
+                self.stop()
+            case CloseSession(reason=reason):
+                # The room ends this session; it stops this actor right after.
+                self._end(reason)
+            case _:
+                raise TypeError(f"subscriber cannot handle {message!r}")
+
+    def on_crash(self) -> None:
+        self._metrics.actor_crashes.labels(self.actor_kind).inc()
+        tell_quietly(self._parent, SubscriberEnded(self._session, EndReason.INTERNAL_ERROR))
+
+    def release(self, *, crashed: bool) -> None:
+        self._end(EndReason.INTERNAL_ERROR if crashed else EndReason.SHUTDOWN)
+
+    def _end(self, reason: EndReason) -> None:
+        if not self._state.close(reason):
+            return
+        for fanout in self._fanouts.values():
+            tell_quietly(fanout, RouteGone(self._session))
+        self._port.close_session(self._session, reason)
+        self._log.info("subscriber ended", reason=reason.value)
+
+
+class SubscriberProxy(ActorMemberMixin, pykka.ActorProxy[SubscriberActor]):
+    describe = proxy_method(SubscriberActor.describe)
+    ping = proxy_method(SubscriberActor.ping)
+
+
+def subscriber_proxy(ref: pykka.ActorRef[SubscriberActor]) -> SubscriberProxy:
+    return cast(SubscriberProxy, ref.proxy())

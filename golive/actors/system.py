@@ -1,0 +1,72 @@
+"""Starting and stopping golive's actors, in order.
+
+Top-level actors start in a fixed order, each behind a ``ping().get()`` barrier, and stop in
+reverse order. Rooms, fanouts and subscribers are started and stopped by their parents; once
+the top level has stopped, anything still registered with pykka is a bug: it is logged and
+stopped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pykka
+import structlog
+
+from golive.actors.directory import DirectoryActor, DirectoryProxy, directory_proxy
+from golive.actors.ports import LoopPort
+from golive.metrics import Metrics
+
+log = structlog.get_logger(__name__)
+
+
+class ActorSystem:
+    def __init__(
+        self,
+        *,
+        port: LoopPort,
+        metrics: Metrics,
+        max_subscribers: int,
+        timeout: float,
+    ) -> None:
+        self._port = port
+        self._metrics = metrics
+        self._max_subscribers = max_subscribers
+        self._timeout = timeout
+        self._started: list[pykka.ActorRef[Any]] = []
+        self._directory: DirectoryProxy | None = None
+
+    @property
+    def directory(self) -> DirectoryProxy:
+        if self._directory is None:
+            raise RuntimeError("the actor system is not running")
+        return self._directory
+
+    def start(self) -> None:
+        """Start the top-level actors in order; each answers a ping before the next starts."""
+        ref = DirectoryActor.start(
+            port=self._port,
+            metrics=self._metrics,
+            max_subscribers=self._max_subscribers,
+            stop_timeout=self._timeout,
+        )
+        self._started.append(ref)
+        self._directory = directory_proxy(ref)
+        self._directory.ping().get(timeout=self._timeout)
+        log.debug("actors started", actors=[str(r) for r in self._started])
+
+    def stop(self) -> None:
+        """Stop the top-level actors in reverse order, then sweep up any leftover as a bug."""
+        while self._started:
+            ref = self._started.pop()
+            try:
+                ref.stop(block=True, timeout=self._timeout)
+            except pykka.ActorDeadError:
+                continue
+            except pykka.Timeout:
+                log.error("actor did not stop in time", actor=str(ref))
+        self._directory = None
+        leftovers = pykka.ActorRegistry.get_all()
+        if leftovers:
+            log.error("actors left running after shutdown", actors=[str(r) for r in leftovers])
+            pykka.ActorRegistry.stop_all(block=True, timeout=self._timeout)

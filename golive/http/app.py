@@ -1,0 +1,127 @@
+"""``create_app(config)``: golive's aiohttp application.
+
+Everything the app needs lives in :class:`web.AppKey` slots (no module globals). The actors
+start in the app's ``cleanup_ctx`` (so on the running loop) and stop there, after every room
+has been ended, when the app shuts down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from golive.actors.messages import EndReason, RoomInfo, parse_room_name
+from golive.actors.system import ActorSystem
+from golive.config import Config
+from golive.http.auth import admin_allowed, auth_configured
+from golive.http.cors import cors_middleware
+from golive.http.errors import error_middleware, json_error
+from golive.metrics import Metrics, create_metrics
+from golive.rooms import RoomService
+from golive.sessions import SessionRegistry
+
+log = structlog.get_logger(__name__)
+
+CONFIG = web.AppKey("config", Config)
+METRICS = web.AppKey("metrics", Metrics)
+ROOMS = web.AppKey("rooms", RoomService)
+
+
+def create_app(config: Config, *, metrics: Metrics | None = None) -> web.Application:
+    app = web.Application(middlewares=[error_middleware, cors_middleware(config)])
+    app[CONFIG] = config
+    app[METRICS] = metrics if metrics is not None else create_metrics()
+    app.cleanup_ctx.append(_actors)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_text)
+    app.router.add_get("/api/rooms", list_rooms)
+    app.router.add_get("/api/bootstrap", bootstrap)
+    app.router.add_post("/api/admin/rooms/{room}/close", admin_close_room)
+    return app
+
+
+async def _actors(app: web.Application) -> AsyncIterator[None]:
+    """Start the actor system on this loop; at shutdown end every room, then stop it."""
+    config = app[CONFIG]
+    registry = SessionRegistry(asyncio.get_running_loop())
+    system = ActorSystem(
+        port=registry,
+        metrics=app[METRICS],
+        max_subscribers=config.max_subs_per_room,
+        timeout=config.actor_timeout_seconds,
+    )
+    await asyncio.to_thread(system.start)
+    app[ROOMS] = RoomService(system.directory, registry, timeout=config.actor_timeout_seconds)
+    try:
+        yield
+    finally:
+        try:
+            await app[ROOMS].shutdown(EndReason.SHUTDOWN)
+        finally:
+            await asyncio.to_thread(system.stop)
+        log.info("rooms ended and actors stopped")
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def metrics_text(request: web.Request) -> web.Response:
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def room_json(info: RoomInfo) -> dict[str, object]:
+    """A room as Go-Live lists it (``tracks`` is a count), plus golive's ``trackList``."""
+    return {
+        "name": info.name,
+        "hasPublisher": info.has_publisher,
+        "tracks": len(info.tracks),
+        "subscribers": info.subscribers,
+        "trackList": [
+            {"id": t.track_id, "kind": t.kind.value, "codec": t.codec} for t in info.tracks
+        ],
+    }
+
+
+async def list_rooms(request: web.Request) -> web.Response:
+    rooms = await request.app[ROOMS].rooms()
+    return web.json_response([room_json(info) for info in rooms])
+
+
+async def bootstrap(request: web.Request) -> web.Response:
+    """What a browser page needs to start: never a secret (TURN passwords go in Link headers)."""
+    config = request.app[CONFIG]
+    ice_servers: list[dict[str, object]] = []
+    if config.stun_urls:
+        ice_servers.append({"urls": list(config.stun_urls)})
+    if config.turn_urls:
+        turn: dict[str, object] = {"urls": list(config.turn_urls)}
+        if config.turn_username:
+            turn["username"] = config.turn_username
+        ice_servers.append(turn)
+    return web.json_response(
+        {
+            "authEnabled": auth_configured(config),
+            "recordEnabled": config.record_enabled,
+            "iceServers": ice_servers,
+            "features": {"rooms": True, "records": config.record_enabled, "adminClose": True},
+        }
+    )
+
+
+async def admin_close_room(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    if not admin_allowed(config, request):
+        return json_error(401, "unauthorized", {"WWW-Authenticate": "Bearer"})
+    room = parse_room_name(request.match_info["room"])
+    if room is None:
+        return json_error(400, "invalid room name")
+    if not await request.app[ROOMS].close_room(room, EndReason.ADMIN_CLOSED):
+        return json_error(404, "room not found")
+    log.info("room closed by admin", room=room)
+    return web.json_response({"room": room, "closed": True})

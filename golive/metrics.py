@@ -1,0 +1,77 @@
+"""Prometheus metrics: Go-Live's four series with their exact names and labels, plus golive's.
+
+One :class:`Metrics` per server, on its own registry (no module-level collectors), so tests and
+several servers in one process never mix their numbers. Collectors are thread-safe: actors
+update them from their own threads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    registry: CollectorRegistry
+    # Go-Live's, unchanged
+    rooms: Gauge  # live_rooms
+    subscribers: Gauge  # live_subscribers{room}
+    rtp_bytes: Counter  # live_rtp_bytes_total{room}
+    rtp_packets: Counter  # live_rtp_packets_total{room}
+    # golive's
+    sessions: Gauge  # golive_sessions{role}
+    sessions_ended: Counter  # golive_sessions_ended_total{role,reason}
+    join_refusals: Counter  # golive_join_refusals_total{role,reason}
+    actor_crashes: Counter  # golive_actor_crashes_total{actor}
+
+    def forget_room(self, room: str) -> None:
+        """Drop a finished room's label values, so label cardinality stays bounded."""
+        for collector in (self.subscribers, self.rtp_bytes, self.rtp_packets):
+            try:
+                collector.remove(room)
+            except KeyError:
+                continue
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def create_metrics() -> Metrics:
+    registry = CollectorRegistry()
+    return Metrics(
+        registry=registry,
+        rooms=Gauge("live_rooms", "Rooms that currently exist.", registry=registry),
+        subscribers=Gauge("live_subscribers", "Subscribers per room.", ["room"], registry=registry),
+        rtp_bytes=Counter(
+            "live_rtp_bytes", "RTP payload bytes forwarded, per room.", ["room"], registry=registry
+        ),
+        rtp_packets=Counter(
+            "live_rtp_packets", "RTP packets forwarded, per room.", ["room"], registry=registry
+        ),
+        sessions=Gauge(
+            "golive_sessions",
+            "Sessions that currently exist, by role.",
+            ["role"],
+            registry=registry,
+        ),
+        sessions_ended=Counter(
+            "golive_sessions_ended",
+            "Sessions ended, by role and reason.",
+            ["role", "reason"],
+            registry=registry,
+        ),
+        join_refusals=Counter(
+            "golive_join_refusals",
+            "Publish or play requests refused by a room, by role and reason.",
+            ["role", "reason"],
+            registry=registry,
+        ),
+        actor_crashes=Counter(
+            "golive_actor_crashes",
+            "Actors that died of an unexpected error, by kind.",
+            ["actor"],
+            registry=registry,
+        ),
+    )

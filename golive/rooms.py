@@ -1,0 +1,209 @@
+"""The event loop's way into the actors: join, leave, list, close.
+
+:class:`RoomService` is what HTTP handlers (and the media layer) call. It never changes room
+state itself: every decision is an actor's, asked with a timeout and awaited without blocking
+the loop (:func:`golive.actors.base.reply_of`). It keeps the loop's session registry in step
+with the actors' answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
+import pykka
+import structlog
+
+from golive.actors.base import barrier, reply_of, tell_quietly
+from golive.actors.directory import DirectoryProxy
+from golive.actors.messages import (
+    ClaimPublisher,
+    Done,
+    EndAllRooms,
+    EndReason,
+    EndRoom,
+    JoinSubscriber,
+    LeaveSubscriber,
+    PeerConnected,
+    PeerFailed,
+    PublisherClaimed,
+    PublisherReady,
+    Refusal,
+    Refused,
+    Role,
+    RoomEnding,
+    RoomInfo,
+    RoomName,
+    SessionId,
+    SubscriberAdmitted,
+    TraceCarrier,
+    TrackInfo,
+)
+from golive.actors.room import room_proxy
+from golive.sessions import SessionEndpoint, SessionRecord, SessionRegistry
+
+log = structlog.get_logger(__name__)
+
+
+class RoomService:
+    def __init__(
+        self, directory: DirectoryProxy, registry: SessionRegistry, *, timeout: float
+    ) -> None:
+        self._directory = directory
+        self._registry = registry
+        self._timeout = timeout
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def registry(self) -> SessionRegistry:
+        return self._registry
+
+    # -- publish ------------------------------------------------------------------------------
+
+    async def publish(
+        self, room: RoomName, endpoint: SessionEndpoint, trace: TraceCarrier = ()
+    ) -> PublisherClaimed | Refused:
+        """Claim ``room`` for a new publisher (pending until :meth:`publisher_ready`)."""
+        reply = await reply_of(
+            self._directory.claim_publisher(ClaimPublisher(room, trace)), self._timeout
+        )
+        if isinstance(reply, PublisherClaimed):
+            self._registry.add(
+                SessionRecord(reply.session, room, Role.PUBLISHER, endpoint, reply.room_actor)
+            )
+        return reply
+
+    async def publisher_ready(
+        self, session: SessionId, tracks: tuple[TrackInfo, ...], trace: TraceCarrier = ()
+    ) -> Done | Refused:
+        """The publisher's offer was answered: the room goes live with ``tracks``."""
+        record = self._registry.get(session)
+        if record is None or record.role is not Role.PUBLISHER:
+            return Refused(Refusal.UNKNOWN_SESSION)
+        try:
+            return await reply_of(
+                room_proxy(record.room_actor).publisher_ready(
+                    PublisherReady(session, tracks, trace)
+                ),
+                self._timeout,
+            )
+        except pykka.ActorDeadError:
+            return Refused(Refusal.UNKNOWN_SESSION)
+
+    # -- play ---------------------------------------------------------------------------------
+
+    async def subscribe(
+        self, room: RoomName, endpoint: SessionEndpoint, trace: TraceCarrier = ()
+    ) -> SubscriberAdmitted | Refused:
+        ref = await reply_of(self._directory.lookup(room), self._timeout)
+        if ref is None:
+            return Refused(Refusal.NO_PUBLISHER)
+        try:
+            reply = await reply_of(
+                room_proxy(ref).join_subscriber(JoinSubscriber(trace)), self._timeout
+            )
+        except pykka.ActorDeadError:  # the room ended between the lookup and the join
+            return Refused(Refusal.NO_PUBLISHER)
+        if isinstance(reply, SubscriberAdmitted):
+            self._registry.add(
+                SessionRecord(reply.session, room, Role.SUBSCRIBER, endpoint, ref, reply.subscriber)
+            )
+        return reply
+
+    # -- leave --------------------------------------------------------------------------------
+
+    async def leave(
+        self, session: SessionId, reason: EndReason, trace: TraceCarrier = ()
+    ) -> Done | Refused:
+        """End a session. A publisher leaving ends its room and every session in it.
+
+        Returns once the session (and, for a publisher, the room) is fully ended.
+        """
+        record = self._registry.get(session)
+        if record is None:
+            return Refused(Refusal.UNKNOWN_SESSION)
+        if record.role is Role.PUBLISHER:
+            room_reason = EndReason.PUBLISHER_LEFT if reason is EndReason.CLIENT_LEFT else reason
+            reply = await reply_of(
+                self._directory.end_room(EndRoom(record.room, room_reason, session, trace)),
+                self._timeout,
+            )
+            if isinstance(reply, Refused):
+                return reply
+            await self._stopped(reply)
+            return Done()
+        try:
+            return await reply_of(
+                room_proxy(record.room_actor).leave_subscriber(
+                    LeaveSubscriber(session, reason, trace)
+                ),
+                self._timeout,
+            )
+        except pykka.ActorDeadError:
+            return Refused(Refusal.UNKNOWN_SESSION)
+
+    async def close_room(self, room: RoomName, reason: EndReason, trace: TraceCarrier = ()) -> bool:
+        """End ``room`` whoever publishes in it (admin close). False if there is none."""
+        reply = await reply_of(
+            self._directory.end_room(EndRoom(room, reason, None, trace)), self._timeout
+        )
+        if isinstance(reply, Refused):
+            return False
+        await self._stopped(reply)
+        return True
+
+    # -- peer connection events (from the media layer, on the loop) ---------------------------
+
+    def peer_connected(self, session: SessionId) -> None:
+        record = self._registry.get(session)
+        if record is not None and record.actor is not None:
+            tell_quietly(record.actor, PeerConnected(session))
+
+    def peer_failed(self, session: SessionId, reason: EndReason) -> None:
+        """The session's transport ended by itself (ICE failure, consent lost, DTLS close)."""
+        record = self._registry.get(session)
+        if record is None:
+            return
+        if record.actor is not None:
+            tell_quietly(record.actor, PeerFailed(session, reason))
+        else:
+            self._spawn(self.leave(session, reason))
+
+    # -- listing ------------------------------------------------------------------------------
+
+    async def rooms(self) -> list[RoomInfo]:
+        """Every room, as its own actor describes it (rooms ending meanwhile are left out)."""
+        entries = await reply_of(self._directory.rooms(), self._timeout)
+
+        async def describe(ref: pykka.ActorRef[Any]) -> RoomInfo | None:
+            try:
+                return await reply_of(room_proxy(ref).describe(), self._timeout)
+            except pykka.ActorDeadError:
+                return None
+
+        infos = await asyncio.gather(*(describe(ref) for _, ref in entries))
+        return [info for info in infos if info is not None and info.has_publisher]
+
+    # -- shutdown -----------------------------------------------------------------------------
+
+    async def shutdown(self, reason: EndReason = EndReason.SHUTDOWN) -> None:
+        """Refuse new publishers, end every room, wait for them and for background work."""
+        endings = await reply_of(self._directory.end_all(EndAllRooms(reason)), self._timeout)
+        await asyncio.gather(*(self._stopped(ending) for ending in endings))
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self._timeout)
+
+    async def _stopped(self, ending: RoomEnding) -> None:
+        """Wait until the ended room has closed every session and stopped every child."""
+        await barrier(ending.room_actor, self._timeout)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background session work failed", error=repr(task.exception()))

@@ -1,0 +1,89 @@
+"""Running golive: configuration, logging, the HTTP server, and a graceful shutdown.
+
+SIGTERM or SIGINT: stop accepting, end every session and room (the app's cleanup), stop the
+actors, exit 0. A second signal during that drain forces an immediate exit (status 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import ssl
+
+import structlog
+from aiohttp import web
+
+from golive import __version__
+from golive.config import Config, load_or_exit
+from golive.http.app import create_app
+from golive.logs import configure_logging
+
+log = structlog.get_logger(__name__)
+
+FORCED_EXIT_STATUS = 1
+
+
+def main() -> int:
+    config = load_or_exit(os.environ)
+    configure_logging(config.log_level, config.log_format, config.secrets())
+    return asyncio.run(serve(config))
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    if config.tls_cert_file is None or config.tls_key_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+    return context
+
+
+async def serve(config: Config, started: asyncio.Event | None = None) -> int:
+    """Serve until SIGTERM/SIGINT, then shut down in stages. Returns the exit status."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        if stopping.is_set():
+            log.warning("second signal: forced exit", signal=signal.Signals(signum).name)
+            os._exit(FORCED_EXIT_STATUS)
+        log.info("shutting down", signal=signal.Signals(signum).name)
+        stopping.set()
+
+    runner = web.AppRunner(
+        create_app(config),
+        handle_signals=False,
+        shutdown_timeout=config.shutdown_timeout_seconds,
+    )
+    await runner.setup()
+    site = web.TCPSite(
+        runner, host=config.http_host, port=config.http_port, ssl_context=tls_context(config)
+    )
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await site.start()
+        log.info(
+            "golive listening",
+            version=__version__,
+            addresses=[_address(a) for a in runner.addresses],
+            config=config.describe(),
+        )
+        if started is not None:
+            started.set()
+        await stopping.wait()
+        # Stage 1: stop accepting; stage 2: the app's cleanup ends every room and the actors.
+        await asyncio.wait_for(runner.cleanup(), timeout=config.shutdown_timeout_seconds * 2)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    log.info("golive stopped")
+    return 0
+
+
+def _address(address: object) -> str:
+    """``host:port`` of a listening socket address (IPv6 hosts in brackets)."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = str(address[0]), address[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(address)

@@ -1,0 +1,340 @@
+"""The room lifecycle as a simple model, and the Hypothesis state machine that checks a
+system against it.
+
+The model is deliberately naive (sets and dicts, no phases but what a viewer can see).
+:class:`LifecycleMachine` holds the rules and invariants; a subclass plugs in the system under
+test: the pure state classes (``test_pure_lifecycle.py``) or the running actors behind the
+real HTTP server (``test_actor_lifecycle.py``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from hypothesis import note
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    initialize,
+    invariant,
+    multiple,
+    rule,
+)
+
+from golive.actors.messages import (
+    EndReason,
+    MediaKind,
+    Refusal,
+    Role,
+    RoomName,
+    RoutePhase,
+    SessionId,
+    SubscriberPhase,
+    TrackId,
+    TrackInfo,
+)
+
+ROOM_NAMES = [RoomName(name) for name in ("alpha", "beta", "gamma-1")]
+rooms = st.sampled_from(ROOM_NAMES)
+
+SCALE = float(os.environ.get("GOLIVE_PROPERTY_SCALE", "1"))
+
+
+def examples(base: int) -> int:
+    """Examples for a machine, scaled by ``GOLIVE_PROPERTY_SCALE`` for deeper local runs."""
+    return max(1, int(base * SCALE))
+
+
+@st.composite
+def track_lists(draw: st.DrawFn) -> tuple[TrackInfo, ...]:
+    kinds = draw(st.lists(st.sampled_from(list(MediaKind)), min_size=1, max_size=3))
+    codecs = {MediaKind.AUDIO: "audio/opus", MediaKind.VIDEO: "video/VP8"}
+    return tuple(
+        TrackInfo(TrackId(f"t{index}"), kind, codecs[kind]) for index, kind in enumerate(kinds)
+    )
+
+
+@dataclass
+class ModelRoom:
+    publisher: SessionId
+    tracks: tuple[TrackInfo, ...] = ()  # empty while the publish is pending
+    subscribers: set[SessionId] = field(default_factory=set)
+
+    @property
+    def live(self) -> bool:
+        return bool(self.tracks)
+
+
+@dataclass
+class ModelViewer:
+    room: RoomName
+    connected: bool = False
+    keyframed: set[TrackId] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the system under test shows after a step."""
+
+    rooms: dict[RoomName, tuple[int, int]]  # name -> (tracks, subscribers)
+    sessions: dict[SessionId, tuple[RoomName, Role]]
+    routes: dict[SessionId, dict[TrackId, RoutePhase]]
+    phases: dict[SessionId, SubscriberPhase]
+
+
+# Examples and steps each machine ran in this process, printed at the end of `make test`.
+RUNS: Counter[tuple[str, str]] = Counter()
+
+
+class LifecycleMachine(RuleBasedStateMachine):
+    """Random publish / subscribe / leave / close sequences over a few rooms, checked against
+    the model after every step."""
+
+    name: ClassVar[str] = "lifecycle"
+    publishers = Bundle("publishers")
+    viewers = Bundle("viewers")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.limit = 0
+        self.model: dict[RoomName, ModelRoom] = {}
+        self.viewer_state: dict[SessionId, ModelViewer] = {}
+        self.closed: dict[SessionId, EndReason] = {}  # every ended session, and why
+        self.ready = False
+        RUNS[self.name, "examples"] += 1
+
+    # -- the system under test (subclasses) ---------------------------------------------------
+
+    def start(self, limit: int) -> None:
+        raise NotImplementedError
+
+    def publish(self, room: RoomName) -> SessionId | Refusal:
+        raise NotImplementedError
+
+    def go_live(self, session: SessionId, tracks: tuple[TrackInfo, ...]) -> Refusal | None:
+        raise NotImplementedError
+
+    def end_publisher(self, session: SessionId, *, failed: bool) -> bool:
+        raise NotImplementedError
+
+    def subscribe(self, room: RoomName) -> SessionId | Refusal:
+        raise NotImplementedError
+
+    def connect(self, session: SessionId) -> None:
+        raise NotImplementedError
+
+    def keyframe(self, session: SessionId, track: TrackId) -> None:
+        raise NotImplementedError
+
+    def leave(self, session: SessionId) -> bool:
+        raise NotImplementedError
+
+    def transport_fails(self, session: SessionId) -> None:
+        raise NotImplementedError
+
+    def admin_close(self, room: RoomName) -> bool:
+        raise NotImplementedError
+
+    def observe(self) -> Observed:
+        raise NotImplementedError
+
+    def check_extra(self) -> None:
+        """System-specific invariants (metrics, endpoints, ...)."""
+
+    # -- model helpers ------------------------------------------------------------------------
+
+    def room_of_publisher(self, session: SessionId) -> RoomName | None:
+        for name, room in self.model.items():
+            if room.publisher == session:
+                return name
+        return None
+
+    def end_room(self, name: RoomName, reason: EndReason) -> None:
+        room = self.model.pop(name)
+        self.closed[room.publisher] = reason
+        for viewer in room.subscribers:
+            RUNS[self.name, "viewers ended by their room"] += 1
+            self.closed[viewer] = reason
+            self.viewer_state.pop(viewer, None)
+
+    def viewer_room(self, session: SessionId) -> ModelRoom | None:
+        viewer = self.viewer_state.get(session)
+        return None if viewer is None else self.model.get(viewer.room)
+
+    def step(self, what: str) -> None:
+        RUNS[self.name, "steps"] += 1
+        note(what)
+
+    # -- rules --------------------------------------------------------------------------------
+
+    @initialize(limit=st.integers(min_value=0, max_value=3))
+    def setup(self, limit: int) -> None:
+        self.limit = limit
+        note(f"MAX_SUBS_PER_ROOM={limit}")
+        self.start(limit)
+        self.ready = True
+
+    @rule(target=publishers, room=rooms, tracks=st.none() | track_lists())
+    def publish_rule(self, room: RoomName, tracks: tuple[TrackInfo, ...] | None) -> object:
+        """A publish; with ``tracks``, its offer is answered at once (the usual WHIP POST)."""
+        self.step(f"publish {room}" + ("" if tracks is None else " and go live"))
+        result = self.publish(room)
+        if room in self.model:
+            assert result == Refusal.ROOM_TAKEN, result
+            return multiple()
+        assert not isinstance(result, Refusal), result
+        self.model[room] = ModelRoom(publisher=result)
+        if tracks is not None:
+            assert self.go_live(result, tracks) is None
+            self.model[room].tracks = tracks
+            RUNS[self.name, "rooms gone live"] += 1
+        return result
+
+    @rule(session=publishers, tracks=track_lists())
+    def go_live_rule(self, session: SessionId, tracks: tuple[TrackInfo, ...]) -> None:
+        self.step(f"publisher {session[:6]} goes live with {[t.kind.value for t in tracks]}")
+        name = self.room_of_publisher(session)
+        result = self.go_live(session, tracks)
+        if name is None:
+            assert result == Refusal.UNKNOWN_SESSION, result
+            return
+        room = self.model[name]
+        if room.live and room.tracks != tracks:
+            assert result == Refusal.UNKNOWN_SESSION, result
+            return
+        assert result is None, result
+        RUNS[self.name, "rooms gone live"] += 1
+        room.tracks = tracks
+
+    @rule(session=consumes(publishers), failed=st.booleans())
+    def publisher_ends_rule(self, session: SessionId, failed: bool) -> None:  # noqa: FBT001  drawn
+        self.step(f"publisher {session[:6]} {'fails to publish' if failed else 'leaves'}")
+        name = self.room_of_publisher(session)
+        ended = self.end_publisher(session, failed=failed)
+        assert ended == (name is not None)
+        if name is not None:
+            self.end_room(name, EndReason.PUBLISH_FAILED if failed else EndReason.PUBLISHER_LEFT)
+
+    @rule(target=viewers, data=st.data(), count=st.integers(min_value=1, max_value=4))
+    def subscribe_rule(self, data: st.DataObject, count: int) -> object:
+        # Mostly rooms that exist, so that viewers do get in; sometimes any name.
+        existing = sorted(self.model)
+        pick_existing = bool(existing) and data.draw(st.booleans())
+        room = data.draw(st.sampled_from(existing) if pick_existing else rooms)
+        self.step(f"{count} viewer(s) subscribe to {room}")
+        admitted = []
+        for _ in range(count):
+            result = self.subscribe(room)
+            model = self.model.get(room)
+            if model is None or not model.live:
+                assert result == Refusal.NO_PUBLISHER, result
+                continue
+            if 0 < self.limit <= len(model.subscribers):
+                assert result == Refusal.SUBSCRIBER_LIMIT, result
+                continue
+            assert not isinstance(result, Refusal), result
+            model.subscribers.add(result)
+            self.viewer_state[result] = ModelViewer(room)
+            RUNS[self.name, "viewers admitted"] += 1
+            admitted.append(result)
+        return multiple(*admitted)
+
+    @rule(session=viewers)
+    def connect_rule(self, session: SessionId) -> None:
+        self.step(f"viewer {session[:6]} connects")
+        self.connect(session)
+        if session in self.viewer_state:
+            self.viewer_state[session].connected = True
+
+    @rule(session=viewers, data=st.data())
+    def keyframe_rule(self, session: SessionId, data: st.DataObject) -> None:
+        room = self.viewer_room(session)
+        viewer = self.viewer_state.get(session)
+        videos = [] if room is None else [t for t in room.tracks if t.kind is MediaKind.VIDEO]
+        if room is None or viewer is None or not viewer.connected or not videos:
+            return
+        track = data.draw(st.sampled_from(videos)).track_id
+        self.step(f"viewer {session[:6]} started on a keyframe of {track}")
+        self.keyframe(session, track)
+        viewer.keyframed.add(track)
+
+    @rule(session=consumes(viewers))
+    def viewer_leaves_rule(self, session: SessionId) -> None:
+        self.step(f"viewer {session[:6]} leaves")
+        room = self.viewer_room(session)
+        assert self.leave(session) == (room is not None)
+        if room is not None:
+            room.subscribers.discard(session)
+            self.viewer_state.pop(session)
+            self.closed[session] = EndReason.CLIENT_LEFT
+
+    @rule(session=consumes(viewers))
+    def viewer_transport_fails_rule(self, session: SessionId) -> None:
+        self.step(f"viewer {session[:6]} loses its transport")
+        room = self.viewer_room(session)
+        self.transport_fails(session)
+        if room is not None:
+            room.subscribers.discard(session)
+            self.viewer_state.pop(session)
+            self.closed[session] = EndReason.ICE_FAILED
+
+    @rule(room=rooms)
+    def admin_close_rule(self, room: RoomName) -> None:
+        self.step(f"admin closes {room}")
+        assert self.admin_close(room) == (room in self.model)
+        if room in self.model:
+            self.end_room(room, EndReason.ADMIN_CLOSED)
+
+    # -- invariants ---------------------------------------------------------------------------
+
+    @invariant()
+    def agrees_with_model(self) -> None:
+        if not self.ready:  # invariants also run before the initialize rule
+            return
+        seen = self.observe()
+        # A room exists exactly while it has a publisher; viewer counts within the limit.
+        assert set(seen.rooms) == set(self.model), (seen.rooms, self.model)
+        for name, room in self.model.items():
+            tracks, subscribers = seen.rooms[name]
+            assert tracks == len(room.tracks), (name, tracks, room.tracks)
+            assert subscribers == len(room.subscribers), (name, subscribers, room.subscribers)
+            if self.limit:
+                assert subscribers <= self.limit
+        # Exactly the model's sessions are live, each with its role; one publisher per room.
+        expected: dict[SessionId, tuple[RoomName, Role]] = {}
+        for name, room in self.model.items():
+            expected[room.publisher] = (name, Role.PUBLISHER)
+            expected.update(dict.fromkeys(room.subscribers, (name, Role.SUBSCRIBER)))
+        assert seen.sessions == expected, (seen.sessions, expected)
+        publishers = Counter(
+            room for room, role in seen.sessions.values() if role is Role.PUBLISHER
+        )
+        assert all(count == 1 for count in publishers.values())
+        # A closed session is gone for good.
+        assert not self.closed.keys() & set(seen.sessions)
+        assert not self.closed.keys() & set(seen.routes)
+        # Routes: a connected viewer has one on every track; video waits for a keyframe.
+        for session, viewer in self.viewer_state.items():
+            room = self.model[viewer.room]
+            want: dict[TrackId, RoutePhase] = {}
+            if viewer.connected:
+                for track in room.tracks:
+                    started = track.kind is MediaKind.AUDIO or track.track_id in viewer.keyframed
+                    want[track.track_id] = (
+                        RoutePhase.FORWARDING if started else RoutePhase.WAITING_KEYFRAME
+                    )
+            assert seen.routes.get(session, {}) == want, (session, seen.routes.get(session), want)
+            phase = SubscriberPhase.NEGOTIATING
+            if viewer.connected:
+                phase = (
+                    SubscriberPhase.ACTIVE
+                    if all(p is RoutePhase.FORWARDING for p in want.values())
+                    else SubscriberPhase.WAITING_KEYFRAME
+                )
+            assert seen.phases.get(session) == phase, (session, seen.phases.get(session), phase)
+        self.check_extra()

@@ -1,0 +1,179 @@
+"""The room lifecycle property suite, against the pure state classes (no threads, no I/O).
+
+The directory, room, fanout and subscriber states are composed here the way their actors
+compose them, and driven through random sequences checked against the model.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import settings
+
+from golive.actors.directory import DirectoryState
+from golive.actors.fanout import FanoutState
+from golive.actors.messages import (
+    EndReason,
+    Refusal,
+    Role,
+    RoomName,
+    RoutePhase,
+    SessionId,
+    SubscriberPhase,
+    TrackId,
+    TrackInfo,
+    TrackKey,
+    new_session_id,
+)
+from golive.actors.room import RoomState
+from golive.actors.subscriber import SubscriberState
+from tests.property.model import LifecycleMachine, Observed, examples
+
+
+class PureLifecycle(LifecycleMachine):
+    name = "pure-state machine"
+
+    def start(self, limit: int) -> None:
+        self.directory: DirectoryState[RoomState] = DirectoryState()
+        self.fanouts: dict[tuple[RoomName, TrackId], FanoutState] = {}
+        self.subs: dict[SessionId, tuple[RoomName, SubscriberState]] = {}
+        self.ended_subs: dict[SessionId, SubscriberState] = {}
+        self.max_subscribers = limit
+
+    def _room(self, name: RoomName) -> RoomState | None:
+        entry = self.directory.rooms.get(name)
+        return None if entry is None else entry.room
+
+    def _published_by(self, session: SessionId) -> RoomName | None:
+        for name, entry in self.directory.rooms.items():
+            if entry.publisher == session:
+                return name
+        return None
+
+    def _room_fanouts(self, name: RoomName) -> list[tuple[TrackId, FanoutState]]:
+        return [(track, f) for (room, track), f in self.fanouts.items() if room == name]
+
+    def _end(self, name: RoomName, state: RoomState, reason: EndReason) -> None:
+        for session in state.end(reason):
+            self._close_viewer(session, reason)
+        for track, fanout in self._room_fanouts(name):
+            fanout.close()
+            del self.fanouts[(name, track)]
+
+    def _close_viewer(self, session: SessionId, reason: EndReason) -> None:
+        name, viewer = self.subs.pop(session)
+        if viewer.close(reason):
+            for _, fanout in self._room_fanouts(name):
+                fanout.remove(session)
+        self.ended_subs[session] = viewer
+
+    def publish(self, room: RoomName) -> SessionId | Refusal:
+        refusal = self.directory.can_claim(room)
+        if refusal is not None:
+            return refusal
+        session = new_session_id()
+        self.directory.add(room, session, RoomState(room, session, self.max_subscribers))
+        return session
+
+    def go_live(self, session: SessionId, tracks: tuple[TrackInfo, ...]) -> Refusal | None:
+        name = self._published_by(session)
+        if name is None:
+            return Refusal.UNKNOWN_SESSION
+        state = self.directory.rooms[name].room
+        refusal = state.go_live(session, tracks)
+        if refusal is None:
+            for track in tracks:
+                key = TrackKey(name, session, track.track_id)
+                self.fanouts.setdefault((name, track.track_id), FanoutState(key, track.kind))
+        return refusal
+
+    def end_publisher(self, session: SessionId, *, failed: bool) -> bool:
+        name = self._published_by(session)
+        if name is None:
+            return False
+        entry = self.directory.remove(name, session)
+        assert not isinstance(entry, Refusal)
+        reason = EndReason.PUBLISH_FAILED if failed else EndReason.PUBLISHER_LEFT
+        self._end(name, entry.room, reason)
+        return True
+
+    def subscribe(self, room: RoomName) -> SessionId | Refusal:
+        state = self._room(room)
+        if state is None:
+            return Refusal.NO_PUBLISHER
+        session = new_session_id()
+        refusal = state.admit(session)
+        if refusal is not None:
+            return refusal
+        self.subs[session] = (room, SubscriberState(frozenset(t.track_id for t in state.tracks)))
+        return session
+
+    def connect(self, session: SessionId) -> None:
+        if session not in self.subs:
+            return
+        name, viewer = self.subs[session]
+        if viewer.connected():
+            for track, fanout in self._room_fanouts(name):
+                if fanout.add(session) is RoutePhase.FORWARDING:
+                    viewer.track_forwarding(track)
+
+    def keyframe(self, session: SessionId, track: TrackId) -> None:
+        name, viewer = self.subs[session]
+        if self.fanouts[(name, track)].keyframe_delivered(session):
+            viewer.track_forwarding(track)
+
+    def leave(self, session: SessionId) -> bool:
+        if session not in self.subs:
+            return False
+        state = self._room(self.subs[session][0])
+        assert state is not None
+        removed = state.remove(session)
+        self._close_viewer(session, EndReason.CLIENT_LEFT)
+        return removed
+
+    def transport_fails(self, session: SessionId) -> None:
+        if session in self.subs:
+            state = self._room(self.subs[session][0])
+            assert state is not None
+            state.remove(session)
+            self._close_viewer(session, EndReason.ICE_FAILED)
+
+    def admin_close(self, room: RoomName) -> bool:
+        entry = self.directory.remove(room)
+        if isinstance(entry, Refusal):
+            return False
+        self._end(room, entry.room, EndReason.ADMIN_CLOSED)
+        return True
+
+    def observe(self) -> Observed:
+        rooms = {
+            name: (len(entry.room.tracks), len(entry.room.subscribers))
+            for name, entry in self.directory.rooms.items()
+        }
+        sessions = {
+            entry.publisher: (name, Role.PUBLISHER) for name, entry in self.directory.rooms.items()
+        }
+        sessions.update({s: (name, Role.SUBSCRIBER) for s, (name, _) in self.subs.items()})
+        routes: dict[SessionId, dict[TrackId, RoutePhase]] = {}
+        for (_, track), fanout in self.fanouts.items():
+            for session, phase in fanout.routes.items():
+                routes.setdefault(session, {})[track] = phase
+        phases = {s: viewer.phase for s, (_, viewer) in self.subs.items()}
+        return Observed(rooms, sessions, routes, phases)
+
+    def check_extra(self) -> None:
+        for session, viewer in self.ended_subs.items():
+            assert viewer.phase is SubscriberPhase.CLOSED, session
+            assert viewer.end_reason is self.closed[session], (session, viewer.end_reason)
+        for fanout in self.fanouts.values():
+            table = fanout.table()
+            assert table.sessions() == frozenset(fanout.routes)
+            assert not table.sessions() & set(self.ended_subs)
+
+
+PureLifecycle.TestCase.settings = settings(
+    max_examples=examples(500), stateful_step_count=50, deadline=None
+)
+
+
+pytestmark = [pytest.mark.property, pytest.mark.timeout(900)]
+TestPureLifecycle = PureLifecycle.TestCase
