@@ -2,6 +2,7 @@
 
 SIGTERM or SIGINT: stop accepting, end every session and room (the app's cleanup), stop the
 actors, exit 0. A second signal during that drain forces an immediate exit (status 1).
+SIGUSR1 logs the stack of every thread (every actor has one).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import signal
 import ssl
 
+import pykka.debug
 import structlog
 from aiohttp import web
 
@@ -61,6 +63,8 @@ async def serve(config: Config, started: asyncio.Event | None = None) -> int:
     )
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    # SIGUSR1: log every thread's stack (each actor is a thread), as Mopidy does.
+    loop.add_signal_handler(signal.SIGUSR1, pykka.debug.log_thread_tracebacks)
     try:
         await site.start()
         log.info(
@@ -75,7 +79,7 @@ async def serve(config: Config, started: asyncio.Event | None = None) -> int:
         # Stage 1: stop accepting; stage 2: the app's cleanup ends every room and the actors.
         await asyncio.wait_for(runner.cleanup(), timeout=config.shutdown_timeout_seconds * 2)
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             loop.remove_signal_handler(signum)
     log.info("golive stopped")
     return 0

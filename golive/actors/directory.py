@@ -155,7 +155,7 @@ class DirectoryActor(GoliveActor):
                     self._publisher_ended(EndReason.ROOM_FAILED)
                     self._log.error("room crashed and was removed", room=room)
             case _:
-                raise TypeError(f"directory cannot handle {message!r}")
+                super().handle(message)
 
     def on_crash(self) -> None:
         self._metrics.actor_crashes.labels(self.actor_kind).inc()

@@ -20,6 +20,7 @@ from pykka.typing import ActorMemberMixin, proxy_method
 
 from golive.actors.base import GoliveActor, guarded, tell_quietly
 from golive.actors.messages import (
+    FanoutCrashed,
     KeyframeDelivered,
     MediaKind,
     Route,
@@ -93,8 +94,17 @@ class FanoutState:
 class FanoutActor(GoliveActor):
     actor_kind = "fanout"
 
-    def __init__(self, track: TrackKey, info: TrackInfo, *, port: LoopPort, metrics: Metrics):
+    def __init__(
+        self,
+        track: TrackKey,
+        info: TrackInfo,
+        *,
+        parent: pykka.ActorRef[Any],
+        port: LoopPort,
+        metrics: Metrics,
+    ) -> None:
         super().__init__()
+        self._parent = parent
         self._state = FanoutState(track=track, kind=info.kind)
         self._port = port
         self._metrics = metrics
@@ -131,10 +141,11 @@ class FanoutActor(GoliveActor):
                 if self._state.remove(session):
                     self._publish()
             case _:
-                raise TypeError(f"fanout cannot handle {message!r}")
+                super().handle(message)
 
     def on_crash(self) -> None:
         self._metrics.actor_crashes.labels(self.actor_kind).inc()
+        tell_quietly(self._parent, FanoutCrashed(self._state.track.track_id))
 
     def release(self, *, crashed: bool) -> None:  # noqa: ARG002  same on crash and on stop
         self._state.close()

@@ -249,6 +249,13 @@ class RoomCrashed:
 
 
 @dataclass(frozen=True, slots=True)
+class FanoutCrashed:
+    """A track's fanout died of an unexpected error (fanout → room): the room cannot go on."""
+
+    track_id: TrackId
+
+
+@dataclass(frozen=True, slots=True)
 class CloseRoom:
     """End the room and every session in it (directory → room)."""
 

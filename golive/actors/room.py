@@ -27,6 +27,7 @@ from golive.actors.messages import (
     CloseSession,
     Done,
     EndReason,
+    FanoutCrashed,
     JoinSubscriber,
     LeaveSubscriber,
     PublisherReady,
@@ -142,7 +143,7 @@ class RoomActor(GoliveActor):
 
     def on_start(self) -> None:
         self._metrics.subscribers.labels(self._state.name).set(0)
-        self._log.info("room created", publisher=self._state.publisher)
+        self._log.info("room created", session=self._state.publisher, role=Role.PUBLISHER.value)
 
     # -- asked --------------------------------------------------------------------------------
 
@@ -155,7 +156,7 @@ class RoomActor(GoliveActor):
             if track.track_id not in self._fanouts:
                 key = TrackKey(self._state.name, self._state.publisher, track.track_id)
                 self._fanouts[track.track_id] = FanoutActor.start(
-                    key, track, port=self._port, metrics=self._metrics
+                    key, track, parent=self.actor_ref, port=self._port, metrics=self._metrics
                 )
         self._log.info("room live", tracks=[t.codec for t in message.tracks])
         return Done()
@@ -207,8 +208,13 @@ class RoomActor(GoliveActor):
                 if self._state.remove(session):
                     self._subscribers.pop(session, None)
                     self._subscriber_ended(reason)
+            case FanoutCrashed(track_id=track_id):
+                # A room that cannot forward one of its tracks cannot go on: it fails as a
+                # whole (its sessions close, the directory drops it), other rooms carry on.
+                self._fanouts.pop(track_id, None)
+                raise RuntimeError(f"the fanout of track {track_id} crashed")
             case _:
-                raise TypeError(f"room cannot handle {message!r}")
+                super().handle(message)
 
     # -- lifecycle ----------------------------------------------------------------------------
 

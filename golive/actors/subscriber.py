@@ -124,7 +124,7 @@ class SubscriberActor(GoliveActor):
                 # The room ends this session; it stops this actor right after.
                 self._end(reason)
             case _:
-                raise TypeError(f"subscriber cannot handle {message!r}")
+                super().handle(message)
 
     def on_crash(self) -> None:
         self._metrics.actor_crashes.labels(self.actor_kind).inc()
