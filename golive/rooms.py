@@ -41,6 +41,7 @@ from golive.actors.messages import (
     TrackInfo,
 )
 from golive.actors.room import room_proxy
+from golive.metrics import Metrics
 from golive.sessions import SessionEndpoint, SessionRecord, SessionRegistry
 
 log = structlog.get_logger(__name__)
@@ -48,11 +49,17 @@ log = structlog.get_logger(__name__)
 
 class RoomService:
     def __init__(
-        self, directory: DirectoryProxy, registry: SessionRegistry, *, timeout: float
+        self,
+        directory: DirectoryProxy,
+        registry: SessionRegistry,
+        *,
+        timeout: float,
+        metrics: Metrics | None = None,
     ) -> None:
         self._directory = directory
         self._registry = registry
         self._timeout = timeout
+        self._metrics = metrics
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
@@ -97,7 +104,10 @@ class RoomService:
         self, room: RoomName, endpoint: SessionEndpoint, trace: TraceCarrier = ()
     ) -> SubscriberAdmitted | Refused:
         ref = await reply_of(self._directory.lookup(room), self._timeout)
-        if ref is None:
+        if ref is None:  # (a room that exists counts its own refusals)
+            if self._metrics is not None:
+                labels = (Role.SUBSCRIBER.value, Refusal.NO_PUBLISHER.value)
+                self._metrics.join_refusals.labels(*labels).inc()
             return Refused(Refusal.NO_PUBLISHER)
         try:
             reply = await reply_of(

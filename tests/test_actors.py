@@ -29,6 +29,8 @@ from golive.actors.messages import (
     SubscriberPhase,
     TrackId,
     TrackInfo,
+    new_session_id,
+    parse_room_name,
 )
 from golive.actors.subscriber import subscriber_proxy
 from golive.actors.system import ActorSystem
@@ -163,7 +165,7 @@ async def world() -> AsyncIterator[World]:
     metrics = create_metrics()
     system = ActorSystem(port=registry, metrics=metrics, max_subscribers=0, timeout=TIMEOUT)
     await asyncio.to_thread(system.start)
-    rooms = RoomService(system.directory, registry, timeout=TIMEOUT)
+    rooms = RoomService(system.directory, registry, timeout=TIMEOUT, metrics=metrics)
     try:
         yield World(rooms, registry, system, metrics)
     finally:
@@ -335,3 +337,13 @@ async def test_one_thread_per_viewer_and_none_left_after_leaving(world: World) -
     wait_until(lambda: threading.active_count() == before, what="viewer threads to exit")
     assert world.registry.get(viewers[0][0].session) is None
     assert world.gauge("golive_sessions", role=Role.SUBSCRIBER.value) == 0
+
+
+def test_session_ids_are_unguessable_and_room_names_validated() -> None:
+    ids = {new_session_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)  # 128 bits, hex
+    assert parse_room_name("room_1-A") == "room_1-A"
+    assert parse_room_name("x" * 64) is not None
+    for bad in ("", "x" * 65, "a.b", "a b", "../etc", "é"):
+        assert parse_room_name(bad) is None, bad

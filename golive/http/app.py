@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from golive.actors.messages import EndReason, RoomInfo, parse_room_name
 from golive.actors.system import ActorSystem
 from golive.config import Config
-from golive.http.auth import admin_allowed, auth_configured
+from golive.http.auth import admin_allowed, client_auth_configured
 from golive.http.cors import cors_middleware
 from golive.http.errors import error_middleware, json_error
 from golive.metrics import Metrics, create_metrics
@@ -32,7 +32,8 @@ ROOMS = web.AppKey("rooms", RoomService)
 
 
 def create_app(config: Config, *, metrics: Metrics | None = None) -> web.Application:
-    app = web.Application(middlewares=[error_middleware, cors_middleware(config)])
+    # CORS is outermost, so that errors (JSON, from error_middleware) carry its headers too.
+    app = web.Application(middlewares=[cors_middleware(config), error_middleware])
     app[CONFIG] = config
     app[METRICS] = metrics if metrics is not None else create_metrics()
     app.cleanup_ctx.append(_actors)
@@ -55,7 +56,9 @@ async def _actors(app: web.Application) -> AsyncIterator[None]:
         timeout=config.actor_timeout_seconds,
     )
     await asyncio.to_thread(system.start)
-    app[ROOMS] = RoomService(system.directory, registry, timeout=config.actor_timeout_seconds)
+    app[ROOMS] = RoomService(
+        system.directory, registry, timeout=config.actor_timeout_seconds, metrics=app[METRICS]
+    )
     try:
         yield
     finally:
@@ -106,7 +109,7 @@ async def bootstrap(request: web.Request) -> web.Response:
         ice_servers.append(turn)
     return web.json_response(
         {
-            "authEnabled": auth_configured(config),
+            "authEnabled": client_auth_configured(config),
             "recordEnabled": config.record_enabled,
             "iceServers": ice_servers,
             "features": {"rooms": True, "records": config.record_enabled, "adminClose": True},

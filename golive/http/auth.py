@@ -24,8 +24,14 @@ def presented_token(request: web.Request) -> str | None:
     return None
 
 
+def client_auth_configured(config: Config) -> bool:
+    """Publishing and playing need credentials (what ``/api/bootstrap`` calls authEnabled)."""
+    return bool(config.auth_token or config.room_tokens or config.jwt_secret)
+
+
 def auth_configured(config: Config) -> bool:
-    return bool(config.auth_token or config.room_tokens or config.jwt_secret or config.admin_token)
+    """Any credential at all is configured; with none, everything is open."""
+    return client_auth_configured(config) or bool(config.admin_token)
 
 
 def same_secret(presented: str, expected: str) -> bool:

@@ -32,7 +32,12 @@ def cors_middleware(config: Config) -> web.middleware:  # type: ignore[valid-typ
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         headers = cors_headers(config, request.headers.get("Origin"))
-        if request.method == "OPTIONS" and request.match_info.route.method != "OPTIONS":
+        preflight = (
+            request.method == "OPTIONS"
+            and request.match_info.route.method != "OPTIONS"
+            and not isinstance(request.match_info.http_exception, web.HTTPNotFound)
+        )
+        if preflight:  # a CORS preflight (or plain OPTIONS) on a route that exists
             response: web.StreamResponse = web.Response(status=204)
         else:
             response = await handler(request)
