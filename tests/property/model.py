@@ -23,6 +23,7 @@ from hypothesis.stateful import (
     initialize,
     invariant,
     multiple,
+    precondition,
     rule,
 )
 
@@ -106,6 +107,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.viewer_state: dict[SessionId, ModelViewer] = {}
         self.closed: dict[SessionId, EndReason] = {}  # every ended session, and why
         self.ready = False
+        self.unadopted: list[SessionId] = []
         RUNS[self.name, "examples"] += 1
 
     # -- the system under test (subclasses) ---------------------------------------------------
@@ -172,16 +174,33 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     # -- rules --------------------------------------------------------------------------------
 
-    @initialize(limit=st.integers(min_value=0, max_value=3))
-    def setup(self, limit: int) -> None:
+    @initialize(
+        target=publishers,
+        limit=st.integers(min_value=0, max_value=3),
+        room=rooms,
+        tracks=st.none() | track_lists(),
+        viewers=st.integers(min_value=0, max_value=4),
+    )
+    def setup(
+        self, limit: int, room: RoomName, tracks: tuple[TrackInfo, ...] | None, viewers: int
+    ) -> object:
+        """Start the system with one room (live or pending) and maybe viewers in it."""
         self.limit = limit
         note(f"MAX_SUBS_PER_ROOM={limit}")
         self.start(limit)
         self.ready = True
+        publisher = self.do_publish(room, tracks)
+        self.unadopted.extend(self.do_subscribe(room, viewers))
+        return publisher
 
-    @rule(target=publishers, room=rooms, tracks=st.none() | track_lists())
-    def publish_rule(self, room: RoomName, tracks: tuple[TrackInfo, ...] | None) -> object:
-        """A publish; with ``tracks``, its offer is answered at once (the usual WHIP POST)."""
+    @precondition(lambda self: bool(self.unadopted))
+    @rule(target=viewers)
+    def adopt_viewers_rule(self) -> object:
+        """Hand the viewers admitted at start to the rules that act on viewers."""
+        adopted, self.unadopted = self.unadopted, []
+        return multiple(*adopted)
+
+    def do_publish(self, room: RoomName, tracks: tuple[TrackInfo, ...] | None) -> object:
         self.step(f"publish {room}" + ("" if tracks is None else " and go live"))
         result = self.publish(room)
         if room in self.model:
@@ -194,6 +213,30 @@ class LifecycleMachine(RuleBasedStateMachine):
             self.model[room].tracks = tracks
             RUNS[self.name, "rooms gone live"] += 1
         return result
+
+    def do_subscribe(self, room: RoomName, count: int) -> list[SessionId]:
+        self.step(f"{count} viewer(s) subscribe to {room}")
+        admitted = []
+        for _ in range(count):
+            result = self.subscribe(room)
+            model = self.model.get(room)
+            if model is None or not model.live:
+                assert result == Refusal.NO_PUBLISHER, result
+                continue
+            if 0 < self.limit <= len(model.subscribers):
+                assert result == Refusal.SUBSCRIBER_LIMIT, result
+                continue
+            assert not isinstance(result, Refusal), result
+            model.subscribers.add(result)
+            self.viewer_state[result] = ModelViewer(room)
+            RUNS[self.name, "viewers admitted"] += 1
+            admitted.append(result)
+        return admitted
+
+    @rule(target=publishers, room=rooms, tracks=st.none() | track_lists())
+    def publish_rule(self, room: RoomName, tracks: tuple[TrackInfo, ...] | None) -> object:
+        """A publish; with ``tracks``, its offer is answered at once (the usual WHIP POST)."""
+        return self.do_publish(room, tracks)
 
     @rule(session=publishers, tracks=track_lists())
     def go_live_rule(self, session: SessionId, tracks: tuple[TrackInfo, ...]) -> None:
@@ -226,23 +269,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         existing = sorted(self.model)
         pick_existing = bool(existing) and data.draw(st.booleans())
         room = data.draw(st.sampled_from(existing) if pick_existing else rooms)
-        self.step(f"{count} viewer(s) subscribe to {room}")
-        admitted = []
-        for _ in range(count):
-            result = self.subscribe(room)
-            model = self.model.get(room)
-            if model is None or not model.live:
-                assert result == Refusal.NO_PUBLISHER, result
-                continue
-            if 0 < self.limit <= len(model.subscribers):
-                assert result == Refusal.SUBSCRIBER_LIMIT, result
-                continue
-            assert not isinstance(result, Refusal), result
-            model.subscribers.add(result)
-            self.viewer_state[result] = ModelViewer(room)
-            RUNS[self.name, "viewers admitted"] += 1
-            admitted.append(result)
-        return multiple(*admitted)
+        return multiple(*self.do_subscribe(room, count))
 
     @rule(session=viewers)
     def connect_rule(self, session: SessionId) -> None:
