@@ -16,7 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from golive.actors.messages import EndReason, TrackKey
 from golive.config import Config
-from golive.http.app import ROOMS, create_app
+from golive.http.app import create_app
+from golive.http.keys import ROOMS
 from golive.rooms import RoomService
 
 T = TypeVar("T")

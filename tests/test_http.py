@@ -28,7 +28,8 @@ from golive.actors.messages import (
     TrackInfo,
 )
 from golive.config import Config
-from golive.http.app import ROOMS, create_app
+from golive.http.app import create_app
+from golive.http.keys import ROOMS
 from tests.support import ProbeEndpoint, metric_samples
 
 pytestmark = pytest.mark.asyncio

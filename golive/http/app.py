@@ -20,20 +20,22 @@ from golive.config import Config
 from golive.http.auth import admin_allowed, client_auth_configured
 from golive.http.cors import cors_middleware
 from golive.http.errors import error_middleware, json_error
+from golive.http.keys import CONFIG, MEDIA, METRICS, ROOMS
+from golive.http.whip import add_routes as add_whip_routes
+from golive.media import hooks
+from golive.media.peers import MediaHub
 from golive.metrics import Metrics, create_metrics
 from golive.rooms import RoomService
 from golive.sessions import SessionRegistry
 
 log = structlog.get_logger(__name__)
 
-CONFIG = web.AppKey("config", Config)
-METRICS = web.AppKey("metrics", Metrics)
-ROOMS = web.AppKey("rooms", RoomService)
-
 
 def create_app(config: Config, *, metrics: Metrics | None = None) -> web.Application:
     # CORS is outermost, so that errors (JSON, from error_middleware) carry its headers too.
-    app = web.Application(middlewares=[cors_middleware(config), error_middleware])
+    app = web.Application(
+        middlewares=[cors_middleware(config), error_middleware], client_max_size=1 << 20
+    )
     app[CONFIG] = config
     app[METRICS] = metrics if metrics is not None else create_metrics()
     app.cleanup_ctx.append(_actors)
@@ -42,6 +44,7 @@ def create_app(config: Config, *, metrics: Metrics | None = None) -> web.Applica
     app.router.add_get("/api/rooms", list_rooms)
     app.router.add_get("/api/bootstrap", bootstrap)
     app.router.add_post("/api/admin/rooms/{room}/close", admin_close_room)
+    add_whip_routes(app, config)
     return app
 
 
@@ -59,11 +62,14 @@ async def _actors(app: web.Application) -> AsyncIterator[None]:
     app[ROOMS] = RoomService(
         system.directory, registry, timeout=config.actor_timeout_seconds, metrics=app[METRICS]
     )
+    hooks.install(config.ice_host_addresses)
+    app[MEDIA] = MediaHub(app[ROOMS], metrics=app[METRICS])
     try:
         yield
     finally:
         try:
             await app[ROOMS].shutdown(EndReason.SHUTDOWN)
+            await app[MEDIA].shutdown()
         finally:
             await asyncio.to_thread(system.stop)
         log.info("rooms ended and actors stopped")

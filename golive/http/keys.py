@@ -1,0 +1,15 @@
+"""Where the app keeps what its handlers need (``web.AppKey``s, no module globals)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from golive.config import Config
+from golive.media.peers import MediaHub
+from golive.metrics import Metrics
+from golive.rooms import RoomService
+
+CONFIG = web.AppKey("config", Config)
+METRICS = web.AppKey("metrics", Metrics)
+ROOMS = web.AppKey("rooms", RoomService)
+MEDIA = web.AppKey("media", MediaHub)

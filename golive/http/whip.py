@@ -1,0 +1,226 @@
+"""WHIP (RFC 9725) publish and WHEP play: the session endpoints and their resources.
+
+Handlers validate the request, then hand it to the :class:`MediaHub`, which asks the actors
+for admission and negotiates the peer connection. They never change room state themselves.
+"""
+
+from __future__ import annotations
+
+import re
+
+import structlog
+from aiohttp import web
+from aiortc.sdp import candidate_from_sdp
+
+from golive.actors.messages import (
+    Done,
+    EndReason,
+    Refusal,
+    Refused,
+    Role,
+    SessionId,
+    parse_room_name,
+)
+from golive.config import Config
+from golive.http.errors import Handler, json_error
+from golive.http.keys import MEDIA, ROOMS
+from golive.media.peers import Answered, InvalidOfferError, PeerSession
+
+log = structlog.get_logger(__name__)
+
+SDP = "application/sdp"
+TRICKLE = "application/trickle-ice-sdpfrag"
+MAX_BODY = 1 << 20
+
+_REFUSALS: dict[Refusal, tuple[int, str]] = {
+    Refusal.ROOM_TAKEN: (409, "publisher already exists in this room"),
+    Refusal.NO_PUBLISHER: (404, "no active publisher in room"),
+    Refusal.SUBSCRIBER_LIMIT: (403, "subscriber limit reached"),
+    Refusal.SHUTTING_DOWN: (503, "server is shutting down"),
+    Refusal.UNKNOWN_SESSION: (404, "session not found"),
+    Refusal.NO_SUCH_ROOM: (404, "no active publisher in room"),
+}
+
+
+def refusal_response(refusal: Refusal) -> web.Response:
+    status, message = _REFUSALS[refusal]
+    headers = {"Retry-After": "5"} if status == 503 else None
+    return json_error(status, message, headers)
+
+
+def ice_server_links(config: Config) -> list[str]:
+    """One ``Link: <uri>; rel="ice-server"`` value per STUN/TURN URL (RFC 9725 section 4.6)."""
+    links = [f'<{url}>; rel="ice-server"' for url in config.stun_urls]
+    for url in config.turn_urls:
+        link = f'<{url}>; rel="ice-server"'
+        if config.turn_username:
+            link += f'; username="{config.turn_username}"; credential="{config.turn_password}"'
+            link += '; credential-type="password"'
+        links.append(link)
+    return links
+
+
+def _with_links(response: web.StreamResponse, config: Config) -> web.StreamResponse:
+    for link in ice_server_links(config):
+        response.headers.add("Link", link)
+    return response
+
+
+def add_routes(app: web.Application, config: Config) -> None:
+    for role, base in ((Role.PUBLISHER, "/api/whip/publish"), (Role.SUBSCRIBER, "/api/whep/play")):
+        endpoint = f"{base}/{{room}}"
+        resource = f"{base}/{{room}}/{{session}}"
+        app.router.add_post(endpoint, _post(role, base, config))
+        app.router.add_route("OPTIONS", endpoint, _options_endpoint(config))
+        app.router.add_patch(resource, _patch(role))
+        app.router.add_delete(resource, _delete(role))
+        app.router.add_get(resource, _get(role))
+        app.router.add_route("OPTIONS", resource, _options_resource)
+
+
+def _options_endpoint(config: Config) -> Handler:
+    async def options(request: web.Request) -> web.StreamResponse:
+        response = web.Response(status=204, headers={"Accept-Post": SDP})
+        if "Access-Control-Request-Method" not in request.headers:  # not a CORS preflight
+            _with_links(response, config)
+        return response
+
+    return options
+
+
+async def _options_resource(_request: web.Request) -> web.StreamResponse:
+    return web.Response(status=204, headers={"Accept-Post": SDP})
+
+
+def _post(role: Role, base: str, config: Config) -> Handler:
+    async def post(request: web.Request) -> web.StreamResponse:
+        room = parse_room_name(request.match_info["room"])
+        if room is None:
+            return json_error(400, "invalid room name")
+        offer = await _read_offer(request)
+        if isinstance(offer, web.Response):
+            return offer
+        hub = request.app[MEDIA]
+        try:
+            if role is Role.PUBLISHER:
+                result = await hub.publish(room, offer)
+            else:
+                result = await hub.play(room, offer)
+        except InvalidOfferError as exc:
+            log.info("offer refused", room=room, role=role.value, problem=str(exc))
+            return json_error(400, "invalid SDP")
+        if isinstance(result, Refused):
+            return refusal_response(result.reason)
+        assert isinstance(result, Answered)
+        peer = result.session
+        log.info("session answered", room=room, session=peer.session, role=role.value)
+        response = web.Response(
+            status=201,
+            body=result.answer.encode(),
+            headers={
+                "Content-Type": SDP,
+                "Location": f"{base}/{room}/{peer.session}",
+                "ETag": peer.etag,
+            },
+        )
+        _with_links(response, config)
+        return response
+
+    return post
+
+
+async def _read_offer(request: web.Request) -> str | web.Response:
+    """The SDP offer of a POST, or the error response (415, 413, 400) to send instead."""
+    if request.content_type != SDP:
+        return json_error(415, f"Content-Type must be {SDP}")
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        return json_error(413, "request body too large")
+    body = await request.content.read(MAX_BODY + 1)
+    if len(body) > MAX_BODY:
+        return json_error(413, "request body too large")
+    try:
+        return body.decode()
+    except UnicodeDecodeError:
+        return json_error(400, "invalid SDP")
+
+
+def _session(request: web.Request, role: Role) -> PeerSession | None:
+    peer = request.app[MEDIA].session(SessionId(request.match_info["session"]))
+    if peer is None or peer.role is not role or peer.room != request.match_info["room"]:
+        return None
+    return peer
+
+
+_UFRAG = re.compile(r"^a=ice-ufrag:(\S+)", re.MULTILINE)
+
+
+def _patch(role: Role) -> Handler:
+    async def patch(request: web.Request) -> web.StreamResponse:
+        peer = _session(request, role)
+        if peer is None:
+            return json_error(404, "session not found")
+        if request.content_type != TRICKLE:
+            return json_error(415, f"Content-Type must be {TRICKLE}")
+        if_match = request.headers.get("If-Match")
+        if if_match is None:
+            return json_error(428, "If-Match is required")
+        if if_match not in ("*", peer.etag):
+            return json_error(412, "ETag does not match")
+        fragment = (await request.content.read(MAX_BODY)).decode(errors="replace")
+        remote = peer.pc.remoteDescription
+        ufrags = set(_UFRAG.findall(fragment))
+        known = set(_UFRAG.findall(remote.sdp)) if remote is not None else set()
+        if ufrags - known:
+            return json_error(422, "ICE restarts are not supported")
+        await _add_candidates(peer, fragment)
+        return web.Response(status=204)
+
+    return patch
+
+
+async def _add_candidates(peer: PeerSession, fragment: str) -> None:
+    """Add every candidate of an RFC 8840 fragment; skip what cannot be resolved."""
+    mid: str | None = None
+    index = -1
+    for raw in fragment.splitlines():
+        line = raw.strip()
+        if line.startswith("m="):
+            index += 1
+            mid = None
+        elif line.startswith("a=mid:"):
+            mid = line[len("a=mid:") :]
+        elif line.startswith("a=candidate:"):
+            try:
+                candidate = candidate_from_sdp(line[len("a=") :])
+            except (ValueError, IndexError):
+                continue
+            candidate.sdpMid = mid
+            candidate.sdpMLineIndex = max(index, 0) if mid is None else None
+            try:
+                await peer.pc.addIceCandidate(candidate)
+            except (ValueError, OSError) as exc:  # e.g. an mDNS name that does not resolve
+                log.debug("candidate skipped", session=peer.session, problem=str(exc))
+        elif line == "a=end-of-candidates":
+            await peer.pc.addIceCandidate(None)
+
+
+def _delete(role: Role) -> Handler:
+    async def delete(request: web.Request) -> web.StreamResponse:
+        peer = _session(request, role)
+        if peer is None:
+            return json_error(404, "session not found")
+        reply = await request.app[ROOMS].leave(peer.session, EndReason.CLIENT_LEFT)
+        if isinstance(reply, Done):
+            return web.Response(status=200)
+        return refusal_response(reply.reason)
+
+    return delete
+
+
+def _get(role: Role) -> Handler:
+    async def get(request: web.Request) -> web.StreamResponse:
+        if _session(request, role) is None:
+            return json_error(404, "session not found")
+        return web.Response(status=204)
+
+    return get

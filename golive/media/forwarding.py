@@ -1,0 +1,175 @@
+"""The packet path: one :class:`TrackTap` per published track, on the event loop.
+
+For every packet the publisher sends on the track, the tap asks the session registry who
+receives it (the fanout actor's latest routing table, resolved to live sessions) and, for each
+viewer, rewrites the header (:class:`~golive.media.rtp.Rewriter`), SRTP-protects and sends it
+with plain calls. A viewer waiting for a keyframe is started on the first packet of one, and
+the fanout is told; keyframe requests to the publisher are coalesced (one per interval however
+many viewers wait or ask) and deferred rather than dropped. Every packet is kept in a small
+cache so a viewer's NACK can be answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import structlog
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RtpPacket
+
+from golive.actors.base import tell_quietly
+from golive.actors.messages import (
+    KeyframeDelivered,
+    MediaKind,
+    RoutePhase,
+    SessionId,
+    TrackInfo,
+    TrackKey,
+)
+from golive.media.hooks import ForwardingReceiver, ForwardingSender
+from golive.media.rtp import Rewriter, keyframe_start
+from golive.metrics import Metrics
+from golive.sessions import SessionRegistry
+
+log = structlog.get_logger(__name__)
+
+CACHE_PACKETS = 1024  # about 4 s of 2 Mbit/s video
+KEYFRAME_REQUEST_INTERVAL = 1.0  # at most one keyframe request per track per second
+
+
+@dataclass(slots=True)
+class Output:
+    """One viewer's sender for this track, and that viewer's numbering of it."""
+
+    sender: ForwardingSender
+    rewriter: Rewriter
+    told_fanout: bool = False
+
+
+class TrackTap:
+    def __init__(
+        self,
+        key: TrackKey,
+        info: TrackInfo,
+        codec: RTCRtpCodecParameters,
+        receiver: ForwardingReceiver,
+        *,
+        registry: SessionRegistry,
+        metrics: Metrics,
+    ) -> None:
+        self.key = key
+        self.info = info
+        self.codec = codec
+        self._receiver = receiver
+        self._registry = registry
+        self._outputs: dict[SessionId, Output] = {}
+        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._video = info.kind is MediaKind.VIDEO
+        self._last_request = -KEYFRAME_REQUEST_INTERVAL
+        self._deferred: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()
+        self._packets = metrics.rtp_packets.labels(key.room)
+        self._bytes = metrics.rtp_bytes.labels(key.room)
+        self.keyframe_requests = 0
+        self.packets_in = 0
+        receiver.sink = self.on_packet
+
+    # -- viewers ------------------------------------------------------------------------------
+
+    def attach(self, session: SessionId, sender: ForwardingSender) -> None:
+        """The viewer's sender for this track is connected: it may now be forwarded to."""
+        assert sender.codec is not None
+        assert sender.codec.payloadType is not None
+        rewriter = Rewriter(
+            ssrc=sender.ssrc,
+            payload_type=sender.codec.payloadType,
+            first_seq=random.randrange(0, 0x8000),  # noqa: S311  RTP needs unpredictable, not secret
+            first_ts=random.randrange(0, 0x80000000),  # noqa: S311
+        )
+        self._outputs[session] = Output(sender, rewriter)
+        sender.on_keyframe_request = self.want_keyframe
+        sender.on_nack = lambda lost: self.retransmit(session, lost)
+
+    def detach(self, session: SessionId) -> None:
+        output = self._outputs.pop(session, None)
+        if output is not None:
+            output.sender.on_keyframe_request = None
+            output.sender.on_nack = None
+
+    # -- packets ------------------------------------------------------------------------------
+
+    def on_packet(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:  # noqa: ARG002  the receiver's sink signature
+        self.packets_in += 1
+        data = packet.serialize()  # once per packet; without the publisher's header extensions
+        self._cache[packet.sequence_number] = data
+        if len(self._cache) > CACHE_PACKETS:
+            self._cache.popitem(last=False)
+        starts_keyframe: bool | None = None
+        waiting = sent = sent_bytes = 0
+        for record, phase in self._registry.targets(self.key):
+            output = self._outputs.get(record.session)
+            if output is None:
+                continue  # not connected yet
+            rewriter = output.rewriter
+            if not rewriter.started:
+                if starts_keyframe is None:
+                    starts_keyframe = keyframe_start(self.info.codec, data)
+                if not starts_keyframe:
+                    waiting += 1
+                    continue
+                rewriter.start(data)
+            if self._video and not output.told_fanout and phase is RoutePhase.WAITING_KEYFRAME:
+                output.told_fanout = True
+                table = self._registry.routes(self.key)
+                if table is not None and table.fanout is not None:
+                    tell_quietly(table.fanout, KeyframeDelivered(record.session))
+            out = rewriter.rewrite(data)
+            if output.sender.send_rtp(out):
+                sent += 1
+                sent_bytes += len(out)
+        if sent:
+            self._packets.inc(sent)
+            self._bytes.inc(sent_bytes)
+        if waiting:
+            self.want_keyframe()
+
+    def retransmit(self, session: SessionId, lost: list[int]) -> None:
+        """Answer a viewer's NACK from the cache (in that viewer's numbering)."""
+        output = self._outputs.get(session)
+        if output is None or not output.rewriter.started:
+            return
+        for viewer_seq in lost:
+            data = self._cache.get(output.rewriter.publisher_seq(viewer_seq))
+            if data is not None:
+                output.sender.send_rtp(output.rewriter.rewrite(data))
+
+    # -- keyframes ----------------------------------------------------------------------------
+
+    def want_keyframe(self) -> None:
+        """Ask the publisher for a keyframe: now if none was asked for lately, else once the
+        interval has passed. Never dropped, never more than one per interval."""
+        if not self._video or self._deferred is not None:
+            return
+        wait = self._last_request + KEYFRAME_REQUEST_INTERVAL - self._loop.time()
+        if wait <= 0:
+            self._request_keyframe()
+        else:
+            self._deferred = self._loop.call_later(wait, self._request_keyframe)
+
+    def _request_keyframe(self) -> None:
+        self._deferred = None
+        self._last_request = self._loop.time()
+        self.keyframe_requests += 1
+        self._receiver.request_keyframe()
+
+    def close(self) -> None:
+        self._receiver.sink = None
+        if self._deferred is not None:
+            self._deferred.cancel()
+            self._deferred = None
+        for session in list(self._outputs):
+            self.detach(session)
+        self._cache.clear()

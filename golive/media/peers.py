@@ -1,0 +1,306 @@
+"""Peer connections for publishers and viewers, negotiated and wired to the packet path.
+
+:class:`MediaHub` lives on the event loop (one per server). It answers a publisher's offer
+(``recvonly``, one codec per track, DTLS server), creates one :class:`TrackTap` per published
+track, answers a viewer's offer with only the codecs it offered that match the published ones
+(``sendonly``), connects each viewer's senders to the taps once DTLS is up, and turns the
+peer connections' state changes into events for the actors. It decides nothing about rooms:
+admission and the end of sessions are the actors', through :class:`RoomService`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from aiortc import RTCConfiguration, RTCSessionDescription
+from aiortc.codecs import is_rtx
+from aiortc.rtcpeerconnection import is_codec_compatible
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.sdp import SessionDescription
+
+from golive.actors.messages import (
+    Done,
+    EndReason,
+    MediaKind,
+    PublisherClaimed,
+    Refusal,
+    Refused,
+    Role,
+    RoomName,
+    SessionId,
+    SubscriberAdmitted,
+    TraceCarrier,
+    TrackId,
+    TrackInfo,
+    TrackKey,
+)
+from golive.media.forwarding import TrackTap
+from golive.media.hooks import ForwardingPeerConnection, ForwardingReceiver, ForwardingSender
+from golive.metrics import Metrics
+from golive.rooms import RoomService
+
+log = structlog.get_logger(__name__)
+
+
+class InvalidOfferError(ValueError):
+    """The offer is not SDP, or offers nothing golive can forward."""
+
+
+@dataclass(eq=False)
+class PeerSession:
+    """One WHIP or WHEP session: its peer connection and what the HTTP resource needs."""
+
+    hub: MediaHub
+    role: Role
+    room: RoomName
+    pc: ForwardingPeerConnection
+    session: SessionId = field(default_factory=lambda: SessionId(""))
+    etag: str = field(default_factory=lambda: '"' + secrets.token_hex(8) + '"')
+    taps: list[TrackTap] = field(default_factory=list)  # published (publisher) or fed by
+    ended: EndReason | None = None
+
+    def close(self, reason: EndReason) -> None:
+        """The session ended (the actors decided): detach and close the peer connection."""
+        if self.ended is not None:
+            return
+        self.ended = reason
+        self.hub.closed(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    session: PeerSession
+    answer: str
+
+
+def parse_offer(sdp: str) -> SessionDescription:
+    """The offer, parsed; :class:`InvalidOfferError` if it is not usable SDP."""
+    if not sdp.startswith("v=0"):
+        raise InvalidOfferError("an SDP offer starts with v=0")
+    try:
+        parsed = SessionDescription.parse(sdp)
+    except (ValueError, KeyError, IndexError) as exc:
+        raise InvalidOfferError(f"unparsable SDP: {exc}") from exc
+    if not any(m.kind in ("audio", "video") for m in parsed.media):
+        raise InvalidOfferError("no audio or video section")
+    return parsed
+
+
+def _dtls_server(pc: ForwardingPeerConnection, offer: SessionDescription) -> None:
+    """Answer as DTLS server (``a=setup:passive``) unless the offer insists on being it."""
+    remote_roles = {m.dtls.role for m in offer.media if m.dtls is not None}
+    role = "client" if remote_roles == {"server"} else "server"
+    for transceiver in pc.getTransceivers():
+        dtls = transceiver.receiver.transport
+        if dtls._role == "auto":  # noqa: SLF001  aiortc has no public DTLS role setter
+            dtls._set_role(role)  # noqa: SLF001
+
+
+def _with_rtx(
+    codec: RTCRtpCodecParameters, offered: list[RTCRtpCodecParameters]
+) -> list[RTCRtpCodecParameters]:
+    rtx = [c for c in offered if is_rtx(c) and c.parameters.get("apt") == codec.payloadType]
+    return [codec, *rtx[:1]]
+
+
+class MediaHub:
+    def __init__(
+        self, rooms: RoomService, *, metrics: Metrics, ice_servers: RTCConfiguration | None = None
+    ) -> None:
+        self._rooms = rooms
+        self._metrics = metrics
+        self._configuration = ice_servers or RTCConfiguration(iceServers=[])
+        self._sessions: dict[SessionId, PeerSession] = {}
+        self._room_taps: dict[RoomName, list[TrackTap]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def session(self, session: SessionId) -> PeerSession | None:
+        return self._sessions.get(session)
+
+    def taps(self, room: RoomName) -> list[TrackTap]:
+        return list(self._room_taps.get(room, ()))
+
+    # -- publish ------------------------------------------------------------------------------
+
+    async def publish(
+        self, room: RoomName, offer_sdp: str, trace: TraceCarrier = ()
+    ) -> Answered | Refused:
+        """Answer a publisher's offer. Raises :class:`InvalidOfferError` (the room is left as it
+        was: a failed publish leaves nothing behind)."""
+        offer = parse_offer(offer_sdp)
+        peer = PeerSession(self, Role.PUBLISHER, room, self._new_pc())
+        claim = await self._rooms.publish(room, peer, trace)
+        if isinstance(claim, Refused):
+            self._spawn(peer.pc.close())
+            return claim
+        assert isinstance(claim, PublisherClaimed)
+        peer.session = claim.session
+        self._sessions[peer.session] = peer
+        try:
+            answer, tracks = await self._answer_publisher(peer, offer_sdp, offer)
+        except Exception as exc:
+            await self._rooms.leave(peer.session, EndReason.PUBLISH_FAILED, trace)
+            if isinstance(exc, InvalidOfferError):
+                raise
+            raise InvalidOfferError(f"negotiation failed: {exc}") from exc
+        ready = await self._rooms.publisher_ready(peer.session, tracks, trace)
+        if not isinstance(ready, Done):  # ended meanwhile (admin close, shutdown)
+            return ready
+        self._room_taps[room] = peer.taps
+        self._watch(peer)
+        return Answered(peer, answer)
+
+    async def _answer_publisher(
+        self, peer: PeerSession, offer_sdp: str, offer: SessionDescription
+    ) -> tuple[str, tuple[TrackInfo, ...]]:
+        pc = peer.pc
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        tracks: list[TrackInfo] = []
+        receivers: list[tuple[TrackInfo, RTCRtpCodecParameters, ForwardingReceiver]] = []
+        for transceiver, media in zip(pc.getTransceivers(), offer.media, strict=False):
+            codecs = [c for c in transceiver._codecs if not is_rtx(c)]  # noqa: SLF001
+            if media.direction not in ("sendonly", "sendrecv") or not codecs or not transceiver.mid:
+                transceiver.direction = "inactive"
+                continue
+            transceiver.direction = "recvonly"
+            codec = codecs[0]
+            transceiver._codecs = _with_rtx(codec, transceiver._codecs)  # noqa: SLF001  one codec per track
+            info = TrackInfo(TrackId(transceiver.mid), MediaKind(transceiver.kind), codec.mimeType)
+            assert isinstance(transceiver.receiver, ForwardingReceiver)
+            receivers.append((info, codec, transceiver.receiver))
+            tracks.append(info)
+        if not tracks:
+            raise InvalidOfferError("the offer sends no audio or video golive can forward")
+        _dtls_server(pc, offer)
+        await pc.setLocalDescription(await pc.createAnswer())
+        for info, codec, receiver in receivers:
+            key = TrackKey(peer.room, peer.session, info.track_id)
+            peer.taps.append(
+                TrackTap(
+                    key, info, codec, receiver, registry=self._rooms.registry, metrics=self._metrics
+                )
+            )
+        return pc.localDescription.sdp, tuple(tracks)
+
+    # -- play ---------------------------------------------------------------------------------
+
+    async def play(
+        self, room: RoomName, offer_sdp: str, trace: TraceCarrier = ()
+    ) -> Answered | Refused:
+        """Answer a viewer's offer. Raises :class:`InvalidOfferError` if it matches no track."""
+        offer = parse_offer(offer_sdp)
+        peer = PeerSession(self, Role.SUBSCRIBER, room, self._new_pc())
+        admitted = await self._rooms.subscribe(room, peer, trace)
+        if isinstance(admitted, Refused):
+            self._spawn(peer.pc.close())
+            return admitted
+        assert isinstance(admitted, SubscriberAdmitted)
+        peer.session = admitted.session
+        self._sessions[peer.session] = peer
+        taps = self.taps(room)
+        if not taps:  # the publisher left between the admission and now
+            await self._rooms.leave(peer.session, EndReason.NEGOTIATION_FAILED, trace)
+            return Refused(Refusal.NO_PUBLISHER)
+        try:
+            answer = await self._answer_viewer(peer, offer_sdp, offer, taps)
+        except Exception as exc:
+            await self._rooms.leave(peer.session, EndReason.NEGOTIATION_FAILED, trace)
+            if isinstance(exc, InvalidOfferError):
+                raise
+            raise InvalidOfferError(f"negotiation failed: {exc}") from exc
+        self._watch(peer)
+        return Answered(peer, answer)
+
+    async def _answer_viewer(
+        self, peer: PeerSession, offer_sdp: str, offer: SessionDescription, taps: list[TrackTap]
+    ) -> str:
+        pc = peer.pc
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        unassigned = list(taps)
+        for transceiver, media in zip(pc.getTransceivers(), offer.media, strict=False):
+            match = None
+            if media.direction in ("recvonly", "sendrecv"):
+                match = self._match(transceiver._codecs, transceiver.kind, unassigned)  # noqa: SLF001
+            if match is None:
+                transceiver.direction = "inactive"
+                continue
+            tap, codec = match
+            unassigned.remove(tap)
+            transceiver.direction = "sendonly"
+            transceiver._codecs = _with_rtx(codec, transceiver._codecs)  # noqa: SLF001  what the publisher sends
+            sender = transceiver.sender
+            assert isinstance(sender, ForwardingSender)
+            sender.on_ready = lambda ready, tap=tap: self._sender_ready(peer, tap, ready)
+            peer.taps.append(tap)
+        if not peer.taps:
+            raise InvalidOfferError("the offer accepts none of the published codecs")
+        _dtls_server(pc, offer)
+        await pc.setLocalDescription(await pc.createAnswer())
+        return pc.localDescription.sdp
+
+    @staticmethod
+    def _match(
+        offered: list[RTCRtpCodecParameters], kind: str, taps: list[TrackTap]
+    ) -> tuple[TrackTap, RTCRtpCodecParameters] | None:
+        for tap in taps:
+            if tap.info.kind.value != kind:
+                continue
+            for codec in offered:
+                if not is_rtx(codec) and is_codec_compatible(codec, tap.codec):
+                    return tap, codec
+        return None
+
+    def _sender_ready(self, peer: PeerSession, tap: TrackTap, sender: ForwardingSender) -> None:
+        if peer.ended is None and tap in self._room_taps.get(peer.room, ()):
+            tap.attach(peer.session, sender)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def _new_pc(self) -> ForwardingPeerConnection:
+        return ForwardingPeerConnection(self._configuration)
+
+    def _watch(self, peer: PeerSession) -> None:
+        pc = peer.pc
+
+        @pc.on("connectionstatechange")
+        def on_state() -> None:
+            state = pc.connectionState
+            log.debug(
+                "peer connection state", session=peer.session, role=peer.role.value, state=state
+            )
+            if peer.ended is not None:
+                return
+            if state == "connected":
+                self._rooms.peer_connected(peer.session)
+            elif state == "failed":
+                self._rooms.peer_failed(peer.session, EndReason.ICE_FAILED)
+            elif state == "closed":
+                self._rooms.peer_failed(peer.session, EndReason.DTLS_CLOSED)
+
+    def closed(self, peer: PeerSession) -> None:
+        """A session ended: unhook it from the packet path and close its peer connection."""
+        self._sessions.pop(peer.session, None)
+        if peer.role is Role.PUBLISHER:
+            if self._room_taps.get(peer.room) is peer.taps:
+                del self._room_taps[peer.room]
+            for tap in peer.taps:
+                tap.close()
+        else:
+            for tap in peer.taps:
+                tap.detach(peer.session)
+        self._spawn(peer.pc.close())
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def shutdown(self) -> None:
+        """Wait for peer connections being closed (sessions are ended by the actors)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=10)
