@@ -6,10 +6,11 @@ import asyncio
 import threading
 
 import pytest
+from aiortc.rtp import is_rtcp
 
 from golive.http.keys import MEDIA as MEDIA_KEY
 from golive.media.hooks import ForwardingReceiver
-from tests.media.clients import close_all, delete, publish, view
+from tests.media.clients import Viewer, close_all, delete, publish, view
 from tests.support import ServerThread, metric_samples
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(90)]
@@ -91,3 +92,97 @@ async def test_second_publisher_and_missing_room(server: ServerThread) -> None:
         assert nobody.answer.body == b'{"error": "no active publisher in room"}'
     finally:
         await close_all(first.pc, second.pc, nobody.pc)
+
+
+async def test_lost_packets_are_repaired_by_retransmission(
+    server: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Packets lost on the way to one viewer come back from the server's packet cache when
+    the viewer NACKs them; that viewer decodes without a single decode error."""
+    publisher = await publish(server.url, "lossy", audio=False)
+    viewer = await view(server.url, "lossy")
+    receiver = next(t.receiver for t in viewer.pc.getTransceivers() if t.kind == "video")
+    ice = receiver.transport.transport
+    network = ice._recv
+    forward = receiver._handle_rtp_packet
+    seen: set[int] = set()
+    dropped: set[int] = set()
+    repaired: set[int] = set()
+    all_repaired = asyncio.Event()
+
+    async def lossy_network() -> bytes:
+        """The viewer's network drops five RTP packets (before SRTP, as a real one would)."""
+        while True:
+            data: bytes = await network()
+            if not 127 < data[0] < 192 or is_rtcp(data):
+                return data
+            seq = int.from_bytes(data[2:4], "big")
+            if len(seen) >= 30 and len(dropped) < 5 and seq not in seen and seq not in dropped:
+                dropped.add(seq)
+                continue
+            seen.add(seq)
+            return data
+
+    async def watch(packet, arrival_time_ms: int) -> None:  # type: ignore[no-untyped-def]
+        if packet.sequence_number in dropped:
+            repaired.add(packet.sequence_number)
+            if repaired == dropped and len(dropped) == 5:
+                all_repaired.set()
+        await forward(packet, arrival_time_ms)
+
+    ice._recv = lossy_network
+    receiver._handle_rtp_packet = watch  # type: ignore[method-assign]
+    try:
+        assert viewer.answer.status == 201
+        with caplog.at_level("WARNING", logger="aiortc.rtcrtpreceiver"):
+            await asyncio.wait_for(all_repaired.wait(), DEADLINE)
+            await asyncio.wait_for(viewer.got_video.wait(), DEADLINE)
+        assert len(dropped) == 5
+        assert repaired == dropped
+        assert not [r for r in caplog.records if "failed to decode" in r.getMessage()]
+    finally:
+        await close_all(publisher.pc, viewer.pc)
+        for task in viewer.tasks:
+            task.cancel()
+
+
+async def test_transport_ends_end_sessions(server: ServerThread) -> None:
+    """A viewer that just goes away (DTLS close, no DELETE) ends its own session only; a
+    publisher that goes away ends the room."""
+    publisher = await publish(server.url, "gone", audio=False)
+    staying = await view(server.url, "gone")
+    leaving = await view(server.url, "gone")
+    try:
+        await asyncio.wait_for(
+            asyncio.gather(staying.got_video.wait(), leaving.got_video.wait()), DEADLINE
+        )
+        await leaving.pc.close()
+        await wait_for_rooms(server, b'"subscribers": 1')
+        assert staying.pc.connectionState == "connected"
+        await publisher.pc.close()
+        await wait_for_rooms(server, b"[]")
+        await asyncio.wait_for(_closed(staying), DEADLINE)
+    finally:
+        await close_all(publisher.pc, staying.pc, leaving.pc)
+        for task in [*staying.tasks, *leaving.tasks]:
+            task.cancel()
+
+
+async def _closed(viewer: Viewer) -> None:
+    ended = asyncio.Event()
+    viewer.pc.on("connectionstatechange", ended.set)
+    while viewer.pc.connectionState not in ("closed", "failed"):
+        await ended.wait()
+        ended.clear()
+
+
+async def wait_for_rooms(server: ServerThread, expected: bytes) -> None:
+    """Poll /api/rooms (off the loop) until it shows ``expected``, with a deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DEADLINE
+    while True:
+        _, body = await asyncio.to_thread(server.get, "/api/rooms")
+        if expected in body:
+            return
+        assert loop.time() < deadline, body
+        await asyncio.sleep(0.05)

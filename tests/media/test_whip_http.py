@@ -1,0 +1,211 @@
+"""WHIP and WHEP over HTTP (RFC 9725): every status of the contract's tables, against a real
+server and real aiortc offers."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Iterator
+
+import aiohttp
+import pytest
+from aiortc import RTCPeerConnection
+
+from golive.config import Config
+from tests.media.clients import PatternTrack, publish, view
+from tests.support import ServerThread
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
+
+WHIP = "/api/whip/publish"
+WHEP = "/api/whep/play"
+SDP = {"Content-Type": "application/sdp"}
+TRICKLE = {"Content-Type": "application/trickle-ice-sdpfrag"}
+
+
+async def request(
+    server: ServerThread,
+    method: str,
+    path: str,
+    *,
+    data: bytes | str = b"",
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, list[str]], bytes]:
+    payload = io.BytesIO(data.encode() if isinstance(data, str) else data)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(method, server.url + path, data=payload, headers=headers or {}) as response,
+    ):
+        found: dict[str, list[str]] = {}
+        for name, value in response.headers.items():
+            found.setdefault(name.lower(), []).append(value)
+        return response.status, found, await response.read()
+
+
+async def offer_sdp() -> str:
+    pc = RTCPeerConnection()
+    pc.addTransceiver(PatternTrack(), direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp
+
+
+def rooms(server: ServerThread) -> list[object]:
+    _, body = server.get("/api/rooms")
+    result = json.loads(body)
+    assert isinstance(result, list)
+    return result
+
+
+@pytest.mark.parametrize("path", [WHIP, WHEP])
+async def test_bad_requests_leave_nothing_behind(server: ServerThread, path: str) -> None:
+    good = await offer_sdp()
+    cases: list[tuple[str, dict[str, str], bytes | str, int, str | None]] = [
+        ("bad.name", SDP, good, 400, "invalid room name"),
+        ("r" * 65, SDP, good, 400, "invalid room name"),
+        ("room", {"Content-Type": "text/plain"}, good, 415, None),
+        ("room", SDP, b"v=0\r\n" + b"a" * (1 << 20), 413, None),
+    ]
+    if path == WHIP:
+        cases += [
+            ("room", SDP, "hello", 400, "invalid SDP"),
+            ("room", SDP, "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n", 400, "invalid SDP"),
+            (
+                "room",
+                SDP,
+                re.sub(r"a=rtpmap:(\d+) \w+/", r"a=rtpmap:\1 H265/", good),
+                400,
+                "invalid SDP",
+            ),
+        ]
+    for room, headers, body, status, message in cases:
+        got, found, raw = await request(
+            server, "POST", f"{path}/{room}", data=body, headers=headers
+        )
+        assert got == status, (room, headers, got, raw[:200])
+        assert found["content-type"][0].startswith("application/json")
+        if message is not None:
+            assert json.loads(raw) == {"error": message}
+        assert rooms(server) == []
+    assert server.call(lambda: len(server.rooms.registry)) == 0
+
+
+async def test_session_resource(server: ServerThread) -> None:
+    publisher = await publish(server.url, "res", audio=False)
+    try:
+        answer = publisher.answer
+        assert answer.status == 201
+        location, etag = answer.location, answer.etag
+
+        status, found, body = await request(
+            server, "PATCH", location, data="a=end-of-candidates\r\n", headers=TRICKLE
+        )
+        assert (status, json.loads(body)) == (428, {"error": "If-Match is required"})
+        status, _, _ = await request(
+            server, "PATCH", location, data="", headers={**TRICKLE, "If-Match": '"nope"'}
+        )
+        assert status == 412
+        status, _, _ = await request(
+            server,
+            "PATCH",
+            location,
+            data="",
+            headers={"Content-Type": "text/plain", "If-Match": etag},
+        )
+        assert status == 415
+        restart = "a=ice-ufrag:brandnew\r\na=ice-pwd:brandnewpasswordbrandnew\r\n"
+        status, _, body = await request(
+            server, "PATCH", location, data=restart, headers={**TRICKLE, "If-Match": etag}
+        )
+        assert status == 422, body
+        fragment = (
+            "a=group:BUNDLE 0\r\nm=audio 9 RTP/AVP 0\r\na=mid:0\r\n"
+            "a=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\n"
+            "a=candidate:2 1 udp 2130706431 nowhere.invalid.local 9 typ host\r\n"
+            "a=end-of-candidates\r\n"
+        )
+        status, found, body = await request(
+            server, "PATCH", location, data=fragment, headers={**TRICKLE, "If-Match": etag}
+        )
+        assert (status, body) == (204, b"")
+        assert "etag" not in found
+        # The session is still up after all that.
+        status, _, body = await request(server, "GET", location)
+        assert (status, body) == (204, b"")
+        assert len(rooms(server)) == 1
+
+        status, found, _ = await request(server, "OPTIONS", location)
+        assert status == 204
+        assert found["accept-post"] == ["application/sdp"]
+
+        status, _, _ = await request(server, "DELETE", location, headers={"If-Match": '"ignored"'})
+        assert status == 200
+        assert rooms(server) == []
+        for method in ("GET", "PATCH", "DELETE"):
+            status, _, _ = await request(
+                server, method, location, headers={**TRICKLE, "If-Match": etag}
+            )
+            assert status == 404, method
+        status, _, _ = await request(server, "DELETE", f"{WHEP}/res/{location.rsplit('/', 1)[1]}")
+        assert status == 404  # a publisher's id is not a viewer's resource
+    finally:
+        await publisher.pc.close()
+
+
+@pytest.fixture
+def limited_server() -> Iterator[ServerThread]:
+    config = Config.from_env(
+        {
+            "ICE_HOST_ADDRESSES": "127.0.0.1",
+            "STUN_URLS": "stun:stun.example.org:3478",
+            "TURN_URLS": "turn:turn.example.org:3478?transport=udp",
+            "TURN_USERNAME": "user",
+            "TURN_PASSWORD": "pass",
+            "MAX_SUBS_PER_ROOM": "1",
+            "LOG_LEVEL": "warning",
+        }
+    )
+    running = ServerThread(config).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+async def test_limits_links_and_options(limited_server: ServerThread) -> None:
+    server = limited_server
+    status, found, _ = await request(server, "OPTIONS", f"{WHIP}/room")
+    assert status == 204
+    assert found["accept-post"] == ["application/sdp"]
+    assert found["link"] == [
+        '<stun:stun.example.org:3478>; rel="ice-server"',
+        (
+            '<turn:turn.example.org:3478?transport=udp>; rel="ice-server"; username="user"; '
+            'credential="pass"; credential-type="password"'
+        ),
+    ]
+    assert "PATCH" in found["access-control-allow-methods"][0]
+    # A CORS preflight gets no ICE servers.
+    status, found, _ = await request(
+        server,
+        "OPTIONS",
+        f"{WHIP}/room",
+        headers={"Access-Control-Request-Method": "POST", "Origin": "https://x"},
+    )
+    assert status == 204
+    assert "link" not in found
+
+    publisher = await publish(server.url, "room")
+    first = await view(server.url, "room")
+    second = await view(server.url, "room")
+    try:
+        assert publisher.answer.status == 201
+        assert len(publisher.answer.links) == 2
+        assert first.answer.status == 201
+        assert second.answer.status == 403
+        assert json.loads(second.answer.body) == {"error": "subscriber limit reached"}
+    finally:
+        for pc in (publisher.pc, first.pc, second.pc):
+            await pc.close()

@@ -1,0 +1,105 @@
+"""Fail loudly, naming the attribute, if aiortc or aioice moved a private name golive hooks.
+
+golive forwards RTP by hooking aiortc's internals (golive/media/hooks.py); aiortc is pinned
+exactly in pyproject.toml. An upgrade that breaks a hook must fail here first, with the name.
+"""
+
+from __future__ import annotations
+
+import inspect
+from importlib.metadata import version
+
+import aioice.ice
+import aiortc.codecs
+import aiortc.rtcpeerconnection
+import aiortc.rtcrtpreceiver
+import pytest
+from aiortc import RTCPeerConnection
+
+from golive.media.hooks import ForwardingPeerConnection, ForwardingReceiver, ForwardingSender
+
+
+def missing(obj: object, names: list[str]) -> list[str]:
+    return [f"{type(obj).__name__}.{name}" for name in names if not hasattr(obj, name)]
+
+
+def test_pinned_versions() -> None:
+    assert version("aiortc") == "1.16.0", "golive/media/hooks.py was written for aiortc 1.16.0"
+    assert version("aioice") == "0.13.0", "golive/media/hooks.py was written for aioice 0.13.0"
+
+
+def test_module_level_names() -> None:
+    assert hasattr(RTCPeerConnection, "_RTCPeerConnection__createTransceiver"), (
+        "RTCPeerConnection.__createTransceiver (name-mangled) is gone"
+    )
+    assert isinstance(aiortc.codecs.CODECS.get("video"), list), "aiortc.codecs.CODECS['video']"
+    assert getattr(aiortc.rtcpeerconnection, "CODECS", None) is aiortc.codecs.CODECS, (
+        "aiortc.rtcpeerconnection no longer negotiates from aiortc.codecs.CODECS"
+    )
+    assert callable(aiortc.rtcpeerconnection.is_codec_compatible), "is_codec_compatible"
+    for name in ("NackGenerator", "StreamStatistics"):
+        assert hasattr(aiortc.rtcrtpreceiver, name), f"aiortc.rtcrtpreceiver.{name}"
+    parameters = list(inspect.signature(aioice.ice.get_host_addresses).parameters)
+    assert parameters == ["use_ipv4", "use_ipv6"], "aioice.ice.get_host_addresses(...)"
+
+
+@pytest.mark.asyncio
+async def test_instance_names() -> None:
+    pc = ForwardingPeerConnection()
+    try:
+        transceiver = pc.addTransceiver("video", direction="recvonly")
+        receiver, sender = transceiver.receiver, transceiver.sender
+        assert isinstance(receiver, ForwardingReceiver), "the receiver class swap failed"
+        assert isinstance(sender, ForwardingSender), "the sender class swap failed"
+        dtls = receiver.transport
+        ice = dtls.transport
+        problems = [
+            *missing(transceiver, ["_codecs"]),
+            *missing(
+                receiver,
+                [
+                    "_RTCRtpReceiver__kind",
+                    "_RTCRtpReceiver__rtcp_ssrc",
+                    "_RTCRtpReceiver__decoder_thread",
+                    "_send_rtcp",
+                    "_send_rtcp_nack",
+                    "_send_rtcp_pli",
+                    "_set_rtcp_ssrc",
+                ],
+            ),
+            *missing(sender, ["_ssrc", "_rtx_ssrc"]),
+            *missing(
+                dtls,
+                [
+                    "_register_rtp_receiver",
+                    "_unregister_rtp_receiver",
+                    "_register_rtp_sender",
+                    "_unregister_rtp_sender",
+                    "_state",
+                    "_tx_srtp",
+                    "_role",
+                    "_set_role",
+                ],
+            ),
+            *missing(ice, ["_connection"]),
+            *missing(ice._connection, ["_nominated"]),
+        ]
+        assert problems == [], f"aiortc/aioice internals golive uses are gone: {problems}"
+        # What aiortc calls on receivers and senders, which golive overrides.
+        for cls, names in (
+            (ForwardingReceiver, ["receive", "stop", "_handle_rtp_packet", "_handle_rtcp_packet"]),
+            (ForwardingSender, ["send", "stop", "_handle_rtcp_packet"]),
+        ):
+            for name in names:
+                assert name in vars(cls), f"{cls.__name__}.{name} must override aiortc's"
+                base = cls.__mro__[1]
+                assert hasattr(base, name), f"aiortc's {base.__name__}.{name} is gone"
+    finally:
+        await pc.close()
+
+
+def test_candidate_pair_fast_path_names() -> None:
+    pair = aioice.ice.CandidatePair
+    assert "protocol" in inspect.signature(pair.__init__).parameters, "CandidatePair.protocol"
+    assert hasattr(pair, "remote_addr"), "aioice CandidatePair.remote_addr"
+    assert hasattr(aioice.ice.StunProtocol, "send_data"), "aioice StunProtocol"
