@@ -16,13 +16,18 @@ from tests.support import ServerThread
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
 
 
-@pytest_asyncio.fixture
-async def browser() -> AsyncIterator[Browser]:
+@pytest.fixture
+def chromium() -> str:
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is missing: `make test` installs it")
+    return CHROMIUM
+
+
+@pytest_asyncio.fixture
+async def browser(chromium: str) -> AsyncIterator[Browser]:
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True
+            executable_path=chromium, args=CHROMIUM_FLAGS, headless=True
         )
         try:
             yield launched

@@ -1,0 +1,144 @@
+"""GStreamer's WHIP client (Debian ``simple-whip-client``: webrtcbin + libnice) publishes VP8 and
+Opus with trickle ICE; an aiortc viewer decodes it; the client's own DELETE ends the room."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from golive.http import whip
+from golive.media.peers import PeerSession
+from tests.media.clients import close_all, view
+from tests.support import ServerThread
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(90)]
+
+SHIMS = Path(__file__).parent / "gst"
+AUDIO = (
+    "audiotestsrc is-live=true ! audioconvert ! audioresample ! queue ! opusenc ! "
+    "rtpopuspay pt=100 ssrc=1 ! queue ! "
+    "application/x-rtp,media=audio,encoding-name=OPUS,payload=100"
+)
+VIDEO = (
+    "videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240 ! videoconvert ! "
+    "queue ! vp8enc deadline=1 ! rtpvp8pay pt=96 ssrc=2 ! queue ! "
+    "application/x-rtp,media=video,encoding-name=VP8,payload=96"
+)
+DEADLINE = 30.0
+
+
+@pytest.fixture(scope="module")
+def shims(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Build the two shims whip-client needs here (see the C files for why)."""
+    if shutil.which("whip-client") is None or shutil.which("gcc") is None:
+        pytest.fail("whip-client and gcc are needed: `make test` installs them")
+    built = tmp_path_factory.mktemp("gst-shims")
+    subprocess.run(
+        [
+            "gcc",
+            "-shared",
+            "-fPIC",
+            "-O2",
+            "-o",
+            str(built / "libgupnp-igd-1.0.so.4"),
+            "-Wl,-soname,libgupnp-igd-1.0.so.4",
+            str(SHIMS / "gupnp_igd_stub.c"),
+        ],
+        check=True,
+    )
+    subprocess.run(
+        [
+            "gcc",
+            "-shared",
+            "-fPIC",
+            "-O2",
+            "-o",
+            str(built / "loopback_ifaddrs.so"),
+            str(SHIMS / "loopback_ifaddrs.c"),
+            "-ldl",
+        ],
+        check=True,
+    )
+    return built
+
+
+async def rooms(server: ServerThread) -> list[dict[str, object]]:
+    _, body = await asyncio.to_thread(server.get, "/api/rooms")
+    listed = json.loads(body)
+    assert isinstance(listed, list)
+    return listed
+
+
+async def wait_rooms(server: ServerThread, predicate: str) -> list[dict[str, object]]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DEADLINE
+    while True:
+        listed = await rooms(server)
+        if eval(predicate, {}, {"rooms": listed}):  # noqa: S307  a literal predicate of this file
+            return listed
+        assert loop.time() < deadline, (predicate, listed)
+        await asyncio.sleep(0.1)
+
+
+async def test_gstreamer_publishes_with_trickle_and_a_viewer_decodes(
+    server: ServerThread, shims: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trickled: list[str] = []
+    add_candidates = whip._add_candidates
+
+    async def spy(peer: PeerSession, fragment: str) -> None:
+        trickled.append(fragment)
+        await add_candidates(peer, fragment)
+
+    monkeypatch.setattr(whip, "_add_candidates", spy)
+    env = {
+        **os.environ,
+        "LD_LIBRARY_PATH": str(shims),
+        "LD_PRELOAD": str(shims / "loopback_ifaddrs.so"),
+    }
+    client = await asyncio.create_subprocess_exec(
+        "whip-client",
+        "-u",
+        f"{server.url}/api/whip/publish/gst",
+        "-A",
+        AUDIO,
+        "-V",
+        VIDEO,
+        "-o",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    viewer = None
+    try:
+        [room] = await wait_rooms(server, "len(rooms) == 1 and rooms[0]['tracks'] == 2")
+        assert room["name"] == "gst"
+        codecs = sorted(t["codec"] for t in room["trackList"])  # type: ignore[attr-defined]
+        assert codecs == ["audio/opus", "video/VP8"]
+        viewer = await view(server.url, "gst")
+        assert viewer.answer.status == 201
+        await asyncio.wait_for(viewer.got_video.wait(), DEADLINE)
+        assert viewer.frames["video"] >= 5
+        assert viewer.first_video_packet_is_keyframe is True
+        # Stop it the way an operator does; whip-client then DELETEs its session.
+        client.send_signal(signal.SIGINT)
+        output, _ = await asyncio.wait_for(client.communicate(), DEADLINE)
+        log = output.decode(errors="replace")
+        assert "PeerConnection connected" in log, log
+        assert any("a=candidate:" in fragment for fragment in trickled), trickled
+        await wait_rooms(server, "rooms == []")
+    finally:
+        if client.returncode is None:
+            client.kill()
+            await client.wait()
+        if viewer is not None:
+            await close_all(viewer.pc)
+            for task in viewer.tasks:
+                task.cancel()
