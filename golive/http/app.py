@@ -24,6 +24,7 @@ from golive.http.keys import CONFIG, MEDIA, METRICS, ROOMS
 from golive.http.whip import add_routes as add_whip_routes
 from golive.media import hooks
 from golive.media.peers import MediaHub
+from golive.media.ports import restrict_udp_ports
 from golive.metrics import Metrics, create_metrics
 from golive.rooms import RoomService
 from golive.sessions import SessionRegistry
@@ -63,6 +64,7 @@ async def _actors(app: web.Application) -> AsyncIterator[None]:
         system.directory, registry, timeout=config.actor_timeout_seconds, metrics=app[METRICS]
     )
     hooks.install(config.ice_host_addresses)
+    restrict_udp_ports(asyncio.get_running_loop(), config.ice_port_min, config.ice_port_max)
     app[MEDIA] = MediaHub(app[ROOMS], metrics=app[METRICS])
     try:
         yield

@@ -3,6 +3,7 @@ server and real aiortc offers."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import re
@@ -13,7 +14,7 @@ import pytest
 from aiortc import RTCPeerConnection
 
 from golive.config import Config
-from tests.media.clients import PatternTrack, publish, view
+from tests.media.clients import PatternTrack, close_all, publish, view
 from tests.support import ServerThread
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
@@ -209,3 +210,45 @@ async def test_limits_links_and_options(limited_server: ServerThread) -> None:
     finally:
         for pc in (publisher.pc, first.pc, second.pc):
             await pc.close()
+
+
+@pytest.fixture
+def port_range_server() -> Iterator[ServerThread]:
+    config = Config.from_env(
+        {
+            "ICE_HOST_ADDRESSES": "127.0.0.1",
+            "ICE_PORT_MIN": "41000",
+            "ICE_PORT_MAX": "41004",
+            "LOG_LEVEL": "warning",
+        }
+    )
+    running = ServerThread(config).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+async def test_media_ports_stay_in_the_configured_range(port_range_server: ServerThread) -> None:
+    publisher = await publish(port_range_server.url, "ports")
+    viewer = await view(port_range_server.url, "ports")
+    try:
+        for answer in (publisher.answer, viewer.answer):
+            assert answer.status == 201
+            ports = [
+                int(line.split()[5])
+                for line in answer.sdp.splitlines()
+                if line.startswith("a=candidate:")
+            ]
+            assert ports
+            assert all(41000 <= port <= 41004 for port in ports), ports
+            assert all(
+                " 127.0.0.1 " in line
+                for line in answer.sdp.splitlines()
+                if line.startswith("a=candidate:")
+            )
+        await asyncio.wait_for(viewer.got_video.wait(), 30)
+    finally:
+        await close_all(publisher.pc, viewer.pc)
+        for task in viewer.tasks:
+            task.cancel()
