@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import structlog
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtp import RtpPacket
+from aiortc.rtp import RtcpSrPacket, RtpPacket
 
 from golive.actors.base import tell_quietly
 from golive.actors.messages import (
@@ -76,6 +76,7 @@ class TrackTap:
         self.keyframe_requests = 0
         self.packets_in = 0
         receiver.sink = self.on_packet
+        receiver.on_sender_report = self.on_sender_report
 
     # -- viewers ------------------------------------------------------------------------------
 
@@ -136,6 +137,15 @@ class TrackTap:
         if waiting:
             self.want_keyframe()
 
+    def on_sender_report(self, report: RtcpSrPacket) -> None:
+        """Translate the publisher's NTP-RTP mapping into each viewer's RTP clock and pass it
+        on, so players keep audio and video in sync."""
+        info = report.sender_info
+        for output in self._outputs.values():
+            if output.rewriter.started:
+                rtp = (info.rtp_timestamp + output.rewriter.ts_offset) & 0xFFFFFFFF
+                output.sender.send_sender_report(info.ntp_timestamp, rtp)
+
     def retransmit(self, session: SessionId, lost: list[int]) -> None:
         """Answer a viewer's NACK from the cache (in that viewer's numbering)."""
         output = self._outputs.get(session)
@@ -167,6 +177,7 @@ class TrackTap:
 
     def close(self) -> None:
         self._receiver.sink = None
+        self._receiver.on_sender_report = None
         if self._deferred is not None:
             self._deferred.cancel()
             self._deferred = None

@@ -43,6 +43,9 @@ from aiortc.rtp import (
     RtcpReceiverInfo,
     RtcpRrPacket,
     RtcpRtpfbPacket,
+    RtcpSdesPacket,
+    RtcpSenderInfo,
+    RtcpSourceInfo,
     RtcpSrPacket,
     RtpPacket,
     unwrap_rtx,
@@ -53,6 +56,7 @@ log = structlog.get_logger(__name__)
 # A viewer whose socket has this much unsent data loses packets instead of queueing more.
 SEND_BUFFER_LIMIT = 512 * 1024
 RTCP_INTERVAL = 1.0
+RTP_HEADER_BYTES = 12
 
 PacketSink = Callable[[RtpPacket, RTCRtpCodecParameters], None]
 
@@ -283,6 +287,7 @@ class ForwardingSender(RTCRtpSender):
         self.packets_sent = 0
         self.bytes_sent = 0
         self.packets_dropped = 0
+        self.cname: str | None = None
 
     on_ready: Callable[[ForwardingSender], None] | None
 
@@ -294,6 +299,7 @@ class ForwardingSender(RTCRtpSender):
         if self._golive_started:
             return
         self.codec = parameters.codecs[0]
+        self.cname = parameters.rtcp.cname
         for codec in parameters.codecs:
             if is_rtx(codec) and codec.parameters.get("apt") == self.codec.payloadType:
                 self.rtx_payload_type = codec.payloadType
@@ -321,6 +327,30 @@ class ForwardingSender(RTCRtpSender):
     def send_rtp(self, data: bytes) -> bool:
         """SRTP-protect and send one RTP packet now; False if it was dropped (not connected,
         or the viewer's socket is backed up)."""
+        if self._send(data, rtcp=False):
+            self.packets_sent += 1
+            self.bytes_sent += len(data) - RTP_HEADER_BYTES
+            return True
+        return False
+
+    def send_sender_report(self, ntp_timestamp: int, rtp_timestamp: int) -> bool:
+        """An RTCP SR (with SDES CNAME) mapping this viewer's RTP clock to wall-clock time."""
+        report = RtcpSrPacket(
+            ssrc=self.ssrc,
+            sender_info=RtcpSenderInfo(
+                ntp_timestamp=ntp_timestamp,
+                rtp_timestamp=rtp_timestamp,
+                packet_count=self.packets_sent & 0xFFFFFFFF,
+                octet_count=self.bytes_sent & 0xFFFFFFFF,
+            ),
+        )
+        data = bytes(report)
+        if self.cname is not None:
+            chunk = RtcpSourceInfo(ssrc=self.ssrc, items=[(1, self.cname.encode())])
+            data += bytes(RtcpSdesPacket(chunks=[chunk]))
+        return self._send(data, rtcp=True)
+
+    def _send(self, data: bytes, *, rtcp: bool) -> bool:
         if not self._golive_started:
             return False
         dtls = self.transport
@@ -335,10 +365,8 @@ class ForwardingSender(RTCRtpSender):
         if udp is None or backlog > SEND_BUFFER_LIMIT:
             self.packets_dropped += 1
             return False
-        protected = dtls._tx_srtp.protect(data)
-        udp.sendto(protected, pair.remote_addr)
-        self.packets_sent += 1
-        self.bytes_sent += len(data)
+        srtp = dtls._tx_srtp
+        udp.sendto(srtp.protect_rtcp(data) if rtcp else srtp.protect(data), pair.remote_addr)
         return True
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 
 import pytest
-from aiortc.rtp import is_rtcp
+from aiortc.rtp import RtcpSrPacket, is_rtcp
 
+from golive.actors.messages import RoomName
 from golive.http.keys import MEDIA as MEDIA_KEY
+from golive.media.forwarding import TrackTap
 from golive.media.hooks import ForwardingReceiver
 from tests.media.clients import Viewer, close_all, delete, publish, view
 from tests.support import ServerThread, metric_samples
@@ -186,3 +189,64 @@ async def wait_for_rooms(server: ServerThread, expected: bytes) -> None:
             return
         assert loop.time() < deadline, body
         await asyncio.sleep(0.05)
+
+
+async def test_sender_reports_carry_the_publishers_clock_in_each_viewers_numbering(
+    server: ServerThread,
+) -> None:
+    """Each viewer gets SRs whose NTP time is the publisher's and whose RTP time is the
+    publisher's translated by that viewer's own timestamp offset (so lip sync survives)."""
+    publisher = await publish(server.url, "clock")
+    viewer = await view(server.url, "clock")
+    reports: list[RtcpSrPacket] = []
+    got_reports = asyncio.Event()
+    transceivers = viewer.pc.getTransceivers()
+    for transceiver in transceivers:
+        handle = transceiver.receiver._handle_rtcp_packet
+
+        async def watch(packet: object, handle: object = handle) -> None:
+            if isinstance(packet, RtcpSrPacket):
+                reports.append(packet)
+                if len({r.ssrc for r in reports}) == 2:
+                    got_reports.set()
+            await handle(packet)  # type: ignore[operator]
+
+        transceiver.receiver._handle_rtcp_packet = watch  # type: ignore[method-assign]
+    published: list[RtcpSrPacket] = []
+
+    def taps() -> list[TrackTap]:
+        return server.app[MEDIA_KEY].taps(RoomName("clock"))
+
+    def record_publisher_reports() -> None:  # on the server's loop
+        for tap in taps():
+            forward = tap.on_sender_report
+
+            def record(
+                report: RtcpSrPacket, forward: Callable[[RtcpSrPacket], None] = forward
+            ) -> None:
+                published.append(report)
+                forward(report)
+
+            tap._receiver.on_sender_report = record
+
+    server.call(record_publisher_reports)
+    try:
+        await asyncio.wait_for(got_reports.wait(), DEADLINE)
+        offsets = {
+            output.sender.ssrc: output.rewriter.ts_offset
+            for tap in server.call(taps)
+            for output in tap._outputs.values()
+        }
+        by_ntp = {r.sender_info.ntp_timestamp: r.sender_info.rtp_timestamp for r in published}
+        for report in reports:
+            assert report.ssrc in offsets
+            original_rtp = by_ntp[report.sender_info.ntp_timestamp]
+            assert (
+                report.sender_info.rtp_timestamp
+                == (original_rtp + offsets[report.ssrc]) & 0xFFFFFFFF
+            )
+            assert report.sender_info.packet_count > 0
+    finally:
+        await close_all(publisher.pc, viewer.pc)
+        for task in viewer.tasks:
+            task.cancel()
