@@ -25,6 +25,10 @@ class Metrics:
     sessions_ended: Counter  # golive_sessions_ended_total{role,reason}
     join_refusals: Counter  # golive_join_refusals_total{role,reason}
     actor_crashes: Counter  # golive_actor_crashes_total{actor}
+    packets_dropped: Counter  # golive_rtp_packets_dropped_total{reason}
+    retransmitted: Counter  # golive_rtp_packets_retransmitted_total
+    nacks: Counter  # golive_rtcp_nacks_received_total
+    keyframe_requests: Counter  # golive_keyframe_requests_total
 
     def forget_room(self, room: str) -> None:
         """Drop a finished room's label values, so label cardinality stays bounded."""
@@ -72,6 +76,26 @@ def create_metrics() -> Metrics:
             "golive_actor_crashes",
             "Actors that died of an unexpected error, by kind.",
             ["actor"],
+            registry=registry,
+        ),
+        packets_dropped=Counter(
+            "golive_rtp_packets_dropped",
+            "RTP packets not forwarded to a viewer, by reason (backpressure: its socket was "
+            "backed up).",
+            ["reason"],
+            registry=registry,
+        ),
+        retransmitted=Counter(
+            "golive_rtp_packets_retransmitted",
+            "RTP packets resent to viewers from the packet cache after a NACK.",
+            registry=registry,
+        ),
+        nacks=Counter(
+            "golive_rtcp_nacks_received", "NACKs received from viewers.", registry=registry
+        ),
+        keyframe_requests=Counter(
+            "golive_keyframe_requests",
+            "Keyframe requests (PLI) sent to publishers, after coalescing.",
             registry=registry,
         ),
     )

@@ -29,8 +29,8 @@ from golive.actors.messages import (
     TrackInfo,
     TrackKey,
 )
-from golive.media.hooks import ForwardingReceiver, ForwardingSender
-from golive.media.rtp import Rewriter, keyframe_start
+from golive.media.hooks import Delivery, ForwardingReceiver, ForwardingSender
+from golive.media.rtp import RTP_HEADER, Rewriter, keyframe_start
 from golive.metrics import Metrics
 from golive.sessions import SessionRegistry
 
@@ -71,8 +71,10 @@ class TrackTap:
         self._last_request = -KEYFRAME_REQUEST_INTERVAL
         self._deferred: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
+        self._metrics = metrics
         self._packets = metrics.rtp_packets.labels(key.room)
         self._bytes = metrics.rtp_bytes.labels(key.room)
+        self._dropped = metrics.packets_dropped.labels("backpressure")
         self.keyframe_requests = 0
         self.packets_in = 0
         receiver.sink = self.on_packet
@@ -109,7 +111,7 @@ class TrackTap:
         if len(self._cache) > CACHE_PACKETS:
             self._cache.popitem(last=False)
         starts_keyframe: bool | None = None
-        waiting = sent = sent_bytes = 0
+        waiting = sent = sent_bytes = dropped = 0
         for record, phase in self._registry.targets(self.key):
             output = self._outputs.get(record.session)
             if output is None:
@@ -122,18 +124,20 @@ class TrackTap:
                     waiting += 1
                     continue
                 rewriter.start(data)
-            if self._video and not output.told_fanout and phase is RoutePhase.WAITING_KEYFRAME:
-                output.told_fanout = True
-                table = self._registry.routes(self.key)
-                if table is not None and table.fanout is not None:
-                    tell_quietly(table.fanout, KeyframeDelivered(record.session))
+            if not output.told_fanout and phase is RoutePhase.WAITING_KEYFRAME:
+                self._started_on_keyframe(output, record.session)
             out = rewriter.rewrite(data)
-            if output.sender.send_rtp(out):
+            delivery = output.sender.send_rtp(out)
+            if delivery is Delivery.SENT:
                 sent += 1
-                sent_bytes += len(out)
+                sent_bytes += len(out) - RTP_HEADER
+            elif delivery is Delivery.DROPPED:
+                dropped += 1
         if sent:
             self._packets.inc(sent)
             self._bytes.inc(sent_bytes)
+        if dropped:
+            self._dropped.inc(dropped)
         if waiting:
             self.want_keyframe()
 
@@ -146,15 +150,26 @@ class TrackTap:
                 rtp = (info.rtp_timestamp + output.rewriter.ts_offset) & 0xFFFFFFFF
                 output.sender.send_sender_report(info.ntp_timestamp, rtp)
 
+    def _started_on_keyframe(self, output: Output, session: SessionId) -> None:
+        """Tell the fanout that ``session`` started on a keyframe (once)."""
+        output.told_fanout = True
+        table = self._registry.routes(self.key)
+        if table is not None and table.fanout is not None:
+            tell_quietly(table.fanout, KeyframeDelivered(session))
+
     def retransmit(self, session: SessionId, lost: list[int]) -> None:
         """Answer a viewer's NACK from the cache (in that viewer's numbering)."""
+        self._metrics.nacks.inc()
         output = self._outputs.get(session)
         if output is None or not output.rewriter.started:
             return
         for viewer_seq in lost:
             data = self._cache.get(output.rewriter.publisher_seq(viewer_seq))
-            if data is not None:
-                output.sender.send_rtp(output.rewriter.rewrite(data))
+            if (
+                data is not None
+                and output.sender.send_rtx(output.rewriter.rewrite(data)) is Delivery.SENT
+            ):
+                self._metrics.retransmitted.inc()
 
     # -- keyframes ----------------------------------------------------------------------------
 
@@ -173,6 +188,7 @@ class TrackTap:
         self._deferred = None
         self._last_request = self._loop.time()
         self.keyframe_requests += 1
+        self._metrics.keyframe_requests.inc()
         self._receiver.request_keyframe()
 
     def close(self) -> None:

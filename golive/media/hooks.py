@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import random
 from collections.abc import Callable
 from typing import Any
@@ -51,6 +52,8 @@ from aiortc.rtp import (
     unwrap_rtx,
 )
 
+from golive.media.rtp import payload_offset
+
 log = structlog.get_logger(__name__)
 
 # A viewer whose socket has this much unsent data loses packets instead of queueing more.
@@ -59,6 +62,12 @@ RTCP_INTERVAL = 1.0
 RTP_HEADER_BYTES = 12
 
 PacketSink = Callable[[RtpPacket, RTCRtpCodecParameters], None]
+
+
+class Delivery(enum.Enum):
+    SENT = "sent"
+    DROPPED = "dropped"  # the viewer's socket is backed up: lost on purpose, counted
+    NOT_READY = "not_ready"  # not connected (yet, or any more)
 
 
 # -- process-wide setup ---------------------------------------------------------------------
@@ -288,6 +297,7 @@ class ForwardingSender(RTCRtpSender):
         self.bytes_sent = 0
         self.packets_dropped = 0
         self.cname: str | None = None
+        self._rtx_sequence = random.randrange(0, 0x10000)  # noqa: S311  RTP, not a secret
 
     on_ready: Callable[[ForwardingSender], None] | None
 
@@ -324,14 +334,27 @@ class ForwardingSender(RTCRtpSender):
         ):
             self.on_nack(list(packet.lost))
 
-    def send_rtp(self, data: bytes) -> bool:
-        """SRTP-protect and send one RTP packet now; False if it was dropped (not connected,
-        or the viewer's socket is backed up)."""
-        if self._send(data, rtcp=False):
+    def send_rtp(self, data: bytes) -> Delivery:
+        """SRTP-protect and send one RTP packet now, or say why not."""
+        delivery = self._send(data, rtcp=False)
+        if delivery is Delivery.SENT:
             self.packets_sent += 1
             self.bytes_sent += len(data) - RTP_HEADER_BYTES
-            return True
-        return False
+        return delivery
+
+    def send_rtx(self, data: bytes) -> Delivery:
+        """Resend a packet (as this viewer numbered it) on the RTX stream when one was
+        negotiated (RFC 4588: original sequence number first in the payload), else as is."""
+        if self.rtx_payload_type is None:
+            return self.send_rtp(data)
+        offset = payload_offset(data)
+        self._rtx_sequence = (self._rtx_sequence + 1) & 0xFFFF
+        header = bytearray(data[: RTP_HEADER_BYTES + 4 * (data[0] & 0x0F)])
+        header[0] &= 0xEF  # no header extension
+        header[1] = (data[1] & 0x80) | self.rtx_payload_type
+        header[2:4] = self._rtx_sequence.to_bytes(2, "big")
+        header[8:12] = int(self._rtx_ssrc).to_bytes(4, "big")
+        return self._send(bytes(header) + data[2:4] + data[offset:], rtcp=False)
 
     def send_sender_report(self, ntp_timestamp: int, rtp_timestamp: int) -> bool:
         """An RTCP SR (with SDES CNAME) mapping this viewer's RTP clock to wall-clock time."""
@@ -348,26 +371,26 @@ class ForwardingSender(RTCRtpSender):
         if self.cname is not None:
             chunk = RtcpSourceInfo(ssrc=self.ssrc, items=[(1, self.cname.encode())])
             data += bytes(RtcpSdesPacket(chunks=[chunk]))
-        return self._send(data, rtcp=True)
+        return self._send(data, rtcp=True) is Delivery.SENT
 
-    def _send(self, data: bytes, *, rtcp: bool) -> bool:
+    def _send(self, data: bytes, *, rtcp: bool) -> Delivery:
         if not self._golive_started:
-            return False
+            return Delivery.NOT_READY
         dtls = self.transport
         if dtls._state != DtlsState.CONNECTED or dtls._tx_srtp is None:
-            return False
+            return Delivery.NOT_READY
         pair = dtls.transport._connection._nominated.get(1)
-        if pair is None:
-            return False
-        udp = pair.protocol.transport
+        udp = None if pair is None else pair.protocol.transport
+        if pair is None or udp is None:
+            return Delivery.NOT_READY
         # aioice ignores pause_writing: look at the socket's backlog and drop, never queue.
-        backlog: int = udp.get_write_buffer_size() if udp is not None else 0  # type: ignore[attr-defined]
-        if udp is None or backlog > SEND_BUFFER_LIMIT:
+        backlog: int = udp.get_write_buffer_size()  # type: ignore[attr-defined]
+        if backlog > SEND_BUFFER_LIMIT:
             self.packets_dropped += 1
-            return False
+            return Delivery.DROPPED
         srtp = dtls._tx_srtp
         udp.sendto(srtp.protect_rtcp(data) if rtcp else srtp.protect(data), pair.remote_addr)
-        return True
+        return Delivery.SENT
 
 
 # -- the peer connection ---------------------------------------------------------------------

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections.abc import Callable
 
 import pytest
 from aiortc.rtp import RtcpSrPacket, is_rtcp
 
-from golive.actors.messages import RoomName
+from golive.actors.messages import RoomName, SessionId
 from golive.http.keys import MEDIA as MEDIA_KEY
 from golive.media.forwarding import TrackTap
-from golive.media.hooks import ForwardingReceiver
+from golive.media.hooks import SEND_BUFFER_LIMIT, ForwardingReceiver
 from tests.media.clients import Viewer, close_all, delete, publish, view
 from tests.support import ServerThread, metric_samples
 
@@ -65,6 +66,7 @@ async def test_publisher_reaches_every_viewer(server: ServerThread) -> None:
         assert samples[("live_rtp_packets_total", (("room", "live"),))] > 0
         assert samples[("live_rtp_bytes_total", (("room", "live"),))] > 0
         assert samples[("live_subscribers", (("room", "live"),))] == 4
+        assert samples[("golive_keyframe_requests_total", ())] >= 1
 
         # A viewer leaving (DELETE) affects nobody else.
         assert await delete(server.url, viewers[0].answer.location) == 200
@@ -100,8 +102,9 @@ async def test_second_publisher_and_missing_room(server: ServerThread) -> None:
 async def test_lost_packets_are_repaired_by_retransmission(
     server: ServerThread, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Packets lost on the way to one viewer come back from the server's packet cache when
-    the viewer NACKs them; that viewer decodes without a single decode error."""
+    """Packets lost on the way to one viewer come back from the server's packet cache, on the
+    negotiated RTX stream, when the viewer NACKs them; that viewer decodes without a single
+    decode error."""
     publisher = await publish(server.url, "lossy", audio=False)
     viewer = await view(server.url, "lossy")
     receiver = next(t.receiver for t in viewer.pc.getTransceivers() if t.kind == "video")
@@ -113,11 +116,18 @@ async def test_lost_packets_are_repaired_by_retransmission(
     repaired: set[int] = set()
     all_repaired = asyncio.Event()
 
+    # The server announced its video SSRC and the RTX SSRC that repairs it (RFC 4588).
+    fid = re.search(r"a=ssrc-group:FID (\d+) (\d+)", viewer.answer.sdp)
+    assert fid is not None, viewer.answer.sdp
+    media_ssrc, rtx_ssrc = int(fid.group(1)), int(fid.group(2))
+
     async def lossy_network() -> bytes:
-        """The viewer's network drops five RTP packets (before SRTP, as a real one would)."""
+        """The viewer's network drops five video packets (before SRTP, as a real one would)."""
         while True:
             data: bytes = await network()
             if not 127 < data[0] < 192 or is_rtcp(data):
+                return data
+            if int.from_bytes(data[8:12], "big") != media_ssrc:
                 return data
             seq = int.from_bytes(data[2:4], "big")
             if len(seen) >= 30 and len(dropped) < 5 and seq not in seen and seq not in dropped:
@@ -127,10 +137,12 @@ async def test_lost_packets_are_repaired_by_retransmission(
             return data
 
     async def watch(packet, arrival_time_ms: int) -> None:  # type: ignore[no-untyped-def]
-        if packet.sequence_number in dropped:
-            repaired.add(packet.sequence_number)
-            if repaired == dropped and len(dropped) == 5:
-                all_repaired.set()
+        if packet.ssrc == rtx_ssrc:  # a retransmission: the original number leads the payload
+            original = int.from_bytes(packet.payload[:2], "big")
+            if original in dropped:
+                repaired.add(original)
+                if repaired == dropped and len(dropped) == 5:
+                    all_repaired.set()
         await forward(packet, arrival_time_ms)
 
     ice._recv = lossy_network
@@ -142,6 +154,9 @@ async def test_lost_packets_are_repaired_by_retransmission(
             await asyncio.wait_for(viewer.got_video.wait(), DEADLINE)
         assert len(dropped) == 5
         assert repaired == dropped
+        samples = metric_samples((await asyncio.to_thread(server.get, "/metrics"))[1].decode())
+        assert samples[("golive_rtp_packets_retransmitted_total", ())] >= 5
+        assert samples[("golive_rtcp_nacks_received_total", ())] >= 1
         assert not [r for r in caplog.records if "failed to decode" in r.getMessage()]
     finally:
         await close_all(publisher.pc, viewer.pc)
@@ -249,4 +264,44 @@ async def test_sender_reports_carry_the_publishers_clock_in_each_viewers_numberi
     finally:
         await close_all(publisher.pc, viewer.pc)
         for task in viewer.tasks:
+            task.cancel()
+
+
+async def test_a_viewer_that_cannot_keep_up_loses_packets_and_nobody_else_does(
+    server: ServerThread,
+) -> None:
+    """One viewer's server-side socket reports a send backlog over the limit (a slow network
+    cannot be made on loopback, so that one socket is made to say so): its packets are dropped
+    and counted, and the other viewer keeps receiving every frame."""
+    publisher = await publish(server.url, "slow", audio=False)
+    fast = await view(server.url, "slow")
+    slow = await view(server.url, "slow")
+    try:
+        await asyncio.wait_for(
+            asyncio.gather(fast.got_video.wait(), slow.got_video.wait()), DEADLINE
+        )
+        slow_session = slow.answer.location.rsplit("/", 1)[1]
+
+        def back_up_the_slow_viewer() -> None:  # on the server's loop
+            peer = server.app[MEDIA_KEY].session(SessionId(slow_session))
+            assert peer is not None
+            for transceiver in peer.pc.getTransceivers():
+                pair = transceiver.sender.transport.transport._connection._nominated.get(1)
+                if pair is not None:
+                    udp = pair.protocol.transport
+                    udp.get_write_buffer_size = lambda: SEND_BUFFER_LIMIT + 1  # type: ignore[attr-defined]
+
+        server.call(back_up_the_slow_viewer)
+        before = fast.frames["video"], slow.frames["video"]
+        fast.got_video.clear()
+        deadline = asyncio.get_running_loop().time() + DEADLINE
+        while fast.frames["video"] < before[0] + 30:
+            assert asyncio.get_running_loop().time() < deadline, fast.frames
+            await asyncio.sleep(0.1)
+        assert slow.frames["video"] <= before[1] + 2  # at most what was already in flight
+        samples = metric_samples((await asyncio.to_thread(server.get, "/metrics"))[1].decode())
+        assert samples[("golive_rtp_packets_dropped_total", (("reason", "backpressure"),))] > 0
+    finally:
+        await close_all(publisher.pc, fast.pc, slow.pc)
+        for task in [*fast.tasks, *slow.tasks]:
             task.cancel()
