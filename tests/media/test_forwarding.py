@@ -7,6 +7,7 @@ import re
 import threading
 from collections.abc import Callable
 
+import pykka
 import pytest
 from aiortc.rtp import RtcpSrPacket, is_rtcp
 
@@ -15,7 +16,7 @@ from golive.http.keys import MEDIA as MEDIA_KEY
 from golive.media.forwarding import TrackTap
 from golive.media.hooks import SEND_BUFFER_LIMIT, ForwardingReceiver
 from tests.media.clients import Viewer, close_all, delete, publish, view
-from tests.support import ServerThread, metric_samples
+from tests.support import ServerThread, metric_samples, wait_until
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(90)]
 DEADLINE = 30.0
@@ -68,6 +69,11 @@ async def test_publisher_reaches_every_viewer(server: ServerThread) -> None:
         assert samples[("live_subscribers", (("room", "live"),))] == 4
         assert samples[("golive_keyframe_requests_total", ())] >= 1
 
+        server_pcs = server.call(
+            lambda: [peer.pc for peer in server.app[MEDIA_KEY]._sessions.values()]
+        )
+        assert len(server_pcs) == 5
+
         # A viewer leaving (DELETE) affects nobody else.
         assert await delete(server.url, viewers[0].answer.location) == 200
         _, body = server.get("/api/rooms")
@@ -78,6 +84,25 @@ async def test_publisher_reaches_every_viewer(server: ServerThread) -> None:
         _, body = server.get("/api/rooms")
         assert body == b"[]"
         assert server.call(lambda: len(server.rooms.registry)) == 0
+
+        # Nothing leaks: every peer connection closed with its sockets, no actor but the
+        # directory, no session anywhere.
+        server.run(server.app[MEDIA_KEY].shutdown())
+        assert server.call(lambda: server.app[MEDIA_KEY]._sessions) == {}
+        assert all(pc.connectionState == "closed" for pc in server_pcs)
+        for pc in server_pcs:
+            for transceiver in pc.getTransceivers():
+                connection = transceiver.receiver.transport.transport._connection
+                assert all(
+                    p.transport is None or p.transport.is_closing() for p in connection._protocols
+                )
+        wait_until(
+            lambda: (
+                [a.actor_class.__name__ for a in pykka.ActorRegistry.get_all()]
+                == ["DirectoryActor"]
+            ),
+            what="every room, fanout and subscriber actor to stop",
+        )
     finally:
         await close_all(publisher.pc, *(v.pc for v in viewers))
         for viewer in viewers:
