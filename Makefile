@@ -38,8 +38,9 @@ unit: $(STAMP) system-packages
 
 test: lint typecheck unit
 
-bench: $(STAMP)
+bench: $(STAMP) system-packages
 	$(BIN)/python -m bench.actors
+	$(NETNS) $(BIN)/python -m bench.forwarding
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
