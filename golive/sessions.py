@@ -49,6 +49,9 @@ class SessionRecord:
     actor: pykka.ActorRef[Any] | None = None  # the subscriber's own actor
 
 
+Targets = tuple[tuple[SessionRecord, RoutePhase], ...]
+
+
 class SessionRegistry:
     """Live sessions and the latest routing table of every track, owned by the loop."""
 
@@ -56,6 +59,11 @@ class SessionRegistry:
         self._loop = loop
         self._sessions: dict[SessionId, SessionRecord] = {}
         self._tables: dict[TrackKey, RoutingTable] = {}
+        # targets() per track, resolved once per (table version, sessions generation): the
+        # packet path asks for every packet, the answer changes only when a table or a
+        # session does.
+        self._generation = 0
+        self._resolved: dict[TrackKey, tuple[int, int, Targets]] = {}
 
     # -- LoopPort: any thread -----------------------------------------------------------------
 
@@ -77,6 +85,7 @@ class SessionRegistry:
         if record.session in self._sessions:
             raise ValueError(f"session {record.session} is registered already")
         self._sessions[record.session] = record
+        self._generation += 1
 
     def get(self, session: SessionId) -> SessionRecord | None:
         return self._sessions.get(session)
@@ -93,16 +102,20 @@ class SessionRegistry:
     def routes(self, track: TrackKey) -> RoutingTable | None:
         return self._tables.get(track)
 
-    def targets(self, track: TrackKey) -> list[tuple[SessionRecord, RoutePhase]]:
+    def targets(self, track: TrackKey) -> Targets:
         """The live sessions a packet of ``track`` goes to, with their phase."""
         table = self._tables.get(track)
         if table is None:
-            return []
-        found = []
-        for route in table.routes:
-            record = self._sessions.get(route.session)
-            if record is not None:
-                found.append((record, route.phase))
+            return ()
+        cached = self._resolved.get(track)
+        if cached is not None and cached[0] == table.version and cached[1] == self._generation:
+            return cached[2]
+        found = tuple(
+            (record, route.phase)
+            for route in table.routes
+            if (record := self._sessions.get(route.session)) is not None
+        )
+        self._resolved[track] = (table.version, self._generation, found)
         return found
 
     def _install_routes(self, table: RoutingTable) -> None:
@@ -111,6 +124,7 @@ class SessionRegistry:
             return
         if table.retired:
             self._tables.pop(table.track, None)
+            self._resolved.pop(table.track, None)
         else:
             self._tables[table.track] = table
 
@@ -118,6 +132,7 @@ class SessionRegistry:
         record = self._sessions.pop(session, None)
         if record is None:
             return
+        self._generation += 1
         try:
             record.endpoint.close(reason)
         except Exception:

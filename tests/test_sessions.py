@@ -61,7 +61,7 @@ async def test_tables_from_another_thread_apply_in_version_order() -> None:
         registry.publish_routes(table(3, retired=True))
         await turn()
         assert registry.tracks() == []
-        assert registry.targets(KEY) == []
+        assert registry.targets(KEY) == ()
     finally:
         actor.stop()
 
