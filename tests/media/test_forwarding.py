@@ -9,7 +9,8 @@ from collections.abc import Callable
 
 import pykka
 import pytest
-from aiortc.rtp import RtcpSrPacket, is_rtcp
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RtcpSrPacket, RtpPacket, is_rtcp
 
 from golive.actors.messages import RoomName, SessionId
 from golive.http.keys import MEDIA as MEDIA_KEY
@@ -329,4 +330,59 @@ async def test_a_viewer_that_cannot_keep_up_loses_packets_and_nobody_else_does(
     finally:
         await close_all(publisher.pc, fast.pc, slow.pc)
         for task in [*fast.tasks, *slow.tasks]:
+            task.cancel()
+
+
+async def test_losses_from_the_publisher_are_nacked_and_reports_go_back(
+    server: ServerThread,
+) -> None:
+    """The publisher's network drops three video packets: the server NACKs them, the
+    publisher resends them, and they reach the viewer. The publisher also gets receiver
+    reports about its stream."""
+    publisher = await publish(server.url, "upstream", audio=False)
+    viewer = await view(server.url, "upstream")
+    sender = publisher.pc.getTransceivers()[0].sender
+    ice = sender.transport.transport
+    network = ice._send
+    sent: set[int] = set()
+    dropped: set[int] = set()
+
+    async def lossy_network(data: bytes) -> None:
+        """Drop three of the publisher's video packets on the wire (after SRTP)."""
+        is_media = 127 < data[0] < 192 and not is_rtcp(data)
+        if is_media and int.from_bytes(data[8:12], "big") == sender._ssrc:
+            seq = int.from_bytes(data[2:4], "big")
+            if len(sent) >= 30 and len(dropped) < 3 and seq not in sent:
+                dropped.add(seq)
+                return
+            sent.add(seq)
+        await network(data)
+
+    ice._send = lossy_network
+    arrived: set[int] = set()
+
+    def watch_server_side() -> None:  # on the server's loop
+        [tap] = server.app[MEDIA_KEY].taps(RoomName("upstream"))
+        forward = tap.on_packet
+
+        def record(packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:
+            arrived.add(packet.sequence_number)
+            forward(packet, codec)
+
+        tap._receiver.sink = record
+
+    server.call(watch_server_side)
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DEADLINE
+        while len(dropped) < 3 or not dropped <= server.call(lambda: set(arrived)):
+            assert loop.time() < deadline, (dropped, len(arrived))
+            await asyncio.sleep(0.05)
+        while not [s for s in (await sender.getStats()).values() if s.type == "remote-inbound-rtp"]:
+            assert loop.time() < deadline, "the publisher got no receiver report"
+            await asyncio.sleep(0.1)
+        await asyncio.wait_for(viewer.got_video.wait(), DEADLINE)
+    finally:
+        await close_all(publisher.pc, viewer.pc)
+        for task in viewer.tasks:
             task.cancel()
