@@ -108,6 +108,15 @@ def _with_rtx(
     return [codec, *rtx[:1]]
 
 
+def _why_it_ended(pc: ForwardingPeerConnection) -> EndReason:
+    """ICE failure or lost consent (RFC 7675) if an ICE transport went down; otherwise the
+    remote end closed DTLS."""
+    ice_states = {t.receiver.transport.transport.state for t in pc.getTransceivers()}
+    if pc.connectionState == "failed" or ice_states & {"failed", "closed"}:
+        return EndReason.ICE_FAILED
+    return EndReason.DTLS_CLOSED
+
+
 class MediaHub:
     def __init__(
         self, rooms: RoomService, *, metrics: Metrics, ice_servers: RTCConfiguration | None = None
@@ -277,10 +286,8 @@ class MediaHub:
                 return
             if state == "connected":
                 self._rooms.peer_connected(peer.session)
-            elif state == "failed":
-                self._rooms.peer_failed(peer.session, EndReason.ICE_FAILED)
-            elif state == "closed":
-                self._rooms.peer_failed(peer.session, EndReason.DTLS_CLOSED)
+            elif state in ("failed", "closed"):
+                self._rooms.peer_failed(peer.session, _why_it_ended(pc))
 
     def closed(self, peer: PeerSession) -> None:
         """A session ended: unhook it from the packet path and close its peer connection."""

@@ -203,6 +203,10 @@ async def test_transport_ends_end_sessions(server: ServerThread) -> None:
         await leaving.pc.close()
         await wait_for_rooms(server, b'"subscribers": 1')
         assert staying.pc.connectionState == "connected"
+        _, body = await asyncio.to_thread(server.get, "/metrics")
+        ended = metric_samples(body.decode())
+        key = ("golive_sessions_ended_total", (("reason", "dtls_closed"), ("role", "subscriber")))
+        assert ended.get(key) == 1
         await publisher.pc.close()
         await wait_for_rooms(server, b"[]")
         await asyncio.wait_for(_closed(staying), DEADLINE)
@@ -220,10 +224,12 @@ async def _closed(viewer: Viewer) -> None:
         ended.clear()
 
 
-async def wait_for_rooms(server: ServerThread, expected: bytes) -> None:
+async def wait_for_rooms(
+    server: ServerThread, expected: bytes, *, deadline: float = DEADLINE
+) -> None:
     """Poll /api/rooms (off the loop) until it shows ``expected``, with a deadline."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + DEADLINE
+    deadline = loop.time() + deadline
     while True:
         _, body = await asyncio.to_thread(server.get, "/api/rooms")
         if expected in body:
@@ -385,4 +391,32 @@ async def test_losses_from_the_publisher_are_nacked_and_reports_go_back(
     finally:
         await close_all(publisher.pc, viewer.pc)
         for task in viewer.tasks:
+            task.cancel()
+
+
+@pytest.mark.timeout(120)
+async def test_a_viewer_that_vanishes_loses_consent_and_its_session(server: ServerThread) -> None:
+    """A viewer whose sockets just disappear (no DTLS close, no DELETE) stops answering ICE
+    consent checks (RFC 7675); about 30 s later its session ends as ice_failed, and only it."""
+    publisher = await publish(server.url, "vanish", audio=False)
+    staying = await view(server.url, "vanish")
+    vanishing = await view(server.url, "vanish")
+    try:
+        await asyncio.wait_for(
+            asyncio.gather(staying.got_video.wait(), vanishing.got_video.wait()), DEADLINE
+        )
+        for transceiver in vanishing.pc.getTransceivers():
+            connection = transceiver.receiver.transport.transport._connection
+            for protocol in connection._protocols:
+                if protocol.transport is not None:
+                    protocol.transport.close()
+        await wait_for_rooms(server, b'"subscribers": 1', deadline=90.0)
+        _, body = await asyncio.to_thread(server.get, "/metrics")
+        ended = metric_samples(body.decode())
+        key = ("golive_sessions_ended_total", (("reason", "ice_failed"), ("role", "subscriber")))
+        assert ended.get(key) == 1
+        assert staying.pc.connectionState == "connected"
+    finally:
+        await close_all(publisher.pc, staying.pc, vanishing.pc)
+        for task in [*staying.tasks, *vanishing.tasks]:
             task.cancel()
