@@ -396,6 +396,12 @@ class ForwardingSender(RTCRtpSender):
 # -- the peer connection ---------------------------------------------------------------------
 
 
+def ice_closing(dtls: Any) -> bool:
+    """Whether the ICE connection under ``dtls`` is closing by itself (consent to send expired,
+    RFC 7675) rather than still up (DTLS was closed by the remote end)."""
+    return bool(dtls.transport._connection._closing)
+
+
 class ForwardingPeerConnection(RTCPeerConnection):
     """An ``RTCPeerConnection`` whose transceivers forward instead of coding."""
 

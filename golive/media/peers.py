@@ -40,7 +40,12 @@ from golive.actors.messages import (
     TrackKey,
 )
 from golive.media.forwarding import TrackTap
-from golive.media.hooks import ForwardingPeerConnection, ForwardingReceiver, ForwardingSender
+from golive.media.hooks import (
+    ForwardingPeerConnection,
+    ForwardingReceiver,
+    ForwardingSender,
+    ice_closing,
+)
 from golive.metrics import Metrics
 from golive.rooms import RoomService
 
@@ -63,6 +68,7 @@ class PeerSession:
     etag: str = field(default_factory=lambda: '"' + secrets.token_hex(8) + '"')
     taps: list[TrackTap] = field(default_factory=list)  # published (publisher) or fed by
     ended: EndReason | None = None
+    transport_end: EndReason | None = None  # why the transport went down, seen first
 
     def close(self, reason: EndReason) -> None:
         """The session ended (the actors decided): detach and close the peer connection."""
@@ -106,15 +112,6 @@ def _with_rtx(
 ) -> list[RTCRtpCodecParameters]:
     rtx = [c for c in offered if is_rtx(c) and c.parameters.get("apt") == codec.payloadType]
     return [codec, *rtx[:1]]
-
-
-def _why_it_ended(pc: ForwardingPeerConnection) -> EndReason:
-    """ICE failure or lost consent (RFC 7675) if an ICE transport went down; otherwise the
-    remote end closed DTLS."""
-    ice_states = {t.receiver.transport.transport.state for t in pc.getTransceivers()}
-    if pc.connectionState == "failed" or ice_states & {"failed", "closed"}:
-        return EndReason.ICE_FAILED
-    return EndReason.DTLS_CLOSED
 
 
 class MediaHub:
@@ -275,6 +272,8 @@ class MediaHub:
 
     def _watch(self, peer: PeerSession) -> None:
         pc = peer.pc
+        for dtls in {t.receiver.transport for t in pc.getTransceivers()}:
+            self._watch_transport(peer, dtls)
 
         @pc.on("connectionstatechange")
         def on_state() -> None:
@@ -287,7 +286,19 @@ class MediaHub:
             if state == "connected":
                 self._rooms.peer_connected(peer.session)
             elif state in ("failed", "closed"):
-                self._rooms.peer_failed(peer.session, _why_it_ended(pc))
+                self._rooms.peer_failed(peer.session, peer.transport_end or EndReason.ICE_FAILED)
+
+    @staticmethod
+    def _watch_transport(peer: PeerSession, dtls: Any) -> None:
+        """Tell a remote DTLS close (ICE still up) from ICE failure or lost consent (RFC 7675:
+        ICE went down first), at the moment DTLS ends."""
+
+        @dtls.on("statechange")  # type: ignore[untyped-decorator]
+        def on_dtls_state() -> None:
+            if peer.transport_end is not None or dtls.state not in ("closed", "failed"):
+                return
+            ice_down = dtls.transport.state in ("closed", "failed") or ice_closing(dtls)
+            peer.transport_end = EndReason.ICE_FAILED if ice_down else EndReason.DTLS_CLOSED
 
     def closed(self, peer: PeerSession) -> None:
         """A session ended: unhook it from the packet path and close its peer connection."""
