@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtcrtpparameters import RTCRtcpFeedback, RTCRtpCodecParameters
+from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI
 
 from golive.actors.messages import MediaKind, RoomName, SessionId, TrackId, TrackInfo, TrackKey
 from golive.media.forwarding import KEYFRAME_REQUEST_INTERVAL, TrackTap
@@ -75,4 +76,48 @@ async def test_audio_never_asks_for_keyframes() -> None:
         assert tap.keyframe_requests == 0
     finally:
         tap.close()
+        await pc.close()
+
+
+@pytest.mark.parametrize(
+    ("feedback", "expected"),
+    [
+        ([("nack", "pli"), ("ccm", "fir")], RTCP_PSFB_PLI),
+        ([("ccm", "fir")], RTCP_PSFB_FIR),
+        ([], RTCP_PSFB_PLI),
+    ],
+)
+async def test_keyframe_request_is_pli_or_fir_as_negotiated(
+    feedback: list[tuple[str, str]], expected: int
+) -> None:
+    pc = ForwardingPeerConnection()
+    receiver = pc.addTransceiver("video", direction="recvonly").receiver
+    assert isinstance(receiver, ForwardingReceiver)
+    sent: list[object] = []
+
+    async def capture(packet: object) -> None:  # what would go to the publisher
+        sent.append(packet)
+
+    receiver._send_rtcp = capture  # type: ignore[method-assign]
+    receiver.codecs[96] = RTCRtpCodecParameters(
+        mimeType="video/VP8",
+        clockRate=90000,
+        payloadType=96,
+        rtcpFeedback=[RTCRtcpFeedback(type=t, parameter=p) for t, p in feedback],
+    )
+    receiver.media_ssrc = 0xABCDEF01
+    try:
+        receiver.request_keyframe()
+        receiver.request_keyframe()
+        await asyncio.gather(*receiver._golive_pending)
+        assert [p.fmt for p in sent] == [expected, expected]  # type: ignore[attr-defined]
+        if expected == RTCP_PSFB_FIR:
+            fci = [p.fci for p in sent]  # type: ignore[attr-defined]
+            assert fci == [
+                bytes.fromhex("abcdef01") + b"\x01\0\0\0",
+                bytes.fromhex("abcdef01") + b"\x02\0\0\0",
+            ]
+        else:
+            assert all(p.media_ssrc == 0xABCDEF01 for p in sent)  # type: ignore[attr-defined]
+    finally:
         await pc.close()

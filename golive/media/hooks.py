@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import enum
 import random
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -174,6 +175,7 @@ class ForwardingReceiver(RTCRtpReceiver):
         self._golive_rtcp: asyncio.Task[None] | None = None
         self._golive_lsr: dict[int, tuple[int, float]] = {}
         self._golive_pending: set[asyncio.Future[None]] = set()
+        self._golive_fir_sequence = 0
         self.media_ssrc: int | None = None
 
     @property
@@ -241,11 +243,29 @@ class ForwardingReceiver(RTCRtpReceiver):
             self.sink(packet, codec)
 
     def request_keyframe(self) -> None:
-        """Ask the publisher for a keyframe (PLI)."""
-        if self.media_ssrc is not None:
-            task = asyncio.ensure_future(self._send_rtcp_pli(self.media_ssrc))
-            self._golive_pending.add(task)
-            task.add_done_callback(self._golive_pending.discard)
+        """Ask the publisher for a keyframe: PLI, or FIR where only that was negotiated."""
+        if self.media_ssrc is None:
+            return
+        feedback = {
+            (f.type, f.parameter)
+            for codec in self._golive_codecs.values()
+            for f in codec.rtcpFeedback
+        }
+        if ("nack", "pli") in feedback or ("ccm", "fir") not in feedback:
+            request = self._send_rtcp_pli(self.media_ssrc)
+        else:
+            self._golive_fir_sequence = (self._golive_fir_sequence + 1) & 0xFF
+            rtcp_ssrc = self._RTCRtpReceiver__rtcp_ssrc or 0  # type: ignore[attr-defined]
+            fir = RtcpPsfbPacket(
+                fmt=RTCP_PSFB_FIR,
+                ssrc=rtcp_ssrc,
+                media_ssrc=0,
+                fci=struct.pack("!IB3x", self.media_ssrc, self._golive_fir_sequence),
+            )
+            request = self._send_rtcp(fir)
+        task = asyncio.ensure_future(request)
+        self._golive_pending.add(task)
+        task.add_done_callback(self._golive_pending.discard)
 
     async def _golive_reports(self) -> None:
         """Receiver reports to the publisher, about once a second."""
