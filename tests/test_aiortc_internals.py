@@ -13,6 +13,7 @@ import aioice.ice
 import aiortc.codecs
 import aiortc.rtcpeerconnection
 import aiortc.rtcrtpreceiver
+import aiortc.rtp
 import pytest
 from aiortc import RTCPeerConnection
 
@@ -37,6 +38,9 @@ def test_module_level_names() -> None:
         "aiortc.rtcpeerconnection no longer negotiates from aiortc.codecs.CODECS"
     )
     assert callable(aiortc.rtcpeerconnection.is_codec_compatible), "is_codec_compatible"
+    assert hasattr(aiortc.rtp, "DYNAMIC_PAYLOAD_TYPES"), "aiortc.rtp.DYNAMIC_PAYLOAD_TYPES"
+    source = inspect.getsource(aiortc.rtcpeerconnection.find_common_codecs)
+    assert "rtp.DYNAMIC_PAYLOAD_TYPES" in source, "find_common_codecs no longer reads it"
     for name in ("NackGenerator", "StreamStatistics"):
         assert hasattr(aiortc.rtcrtpreceiver, name), f"aiortc.rtcrtpreceiver.{name}"
     parameters = list(inspect.signature(aioice.ice.get_host_addresses).parameters)

@@ -8,6 +8,7 @@ checks every private name used here and fails naming the one that moved.
 
 Process-wide changes, made once by :func:`install` (golive owns its process):
 
+- answers echo the offerer's payload types in 35-63 too (Chrome numbers AV1 there);
 - aiortc's codec table gains what is forwarded but never coded: the H.264 profiles browsers
   and OBS offer (aiortc lists only constrained baseline), VP9 and AV1;
 - aioice's host address discovery returns ``ICE_HOST_ADDRESSES`` when set, and then
@@ -28,6 +29,7 @@ import aioice.ice
 import structlog
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc import codecs as aiortc_codecs
+from aiortc import rtp as aiortc_rtp
 from aiortc.codecs import is_rtx
 from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpparameters import (
@@ -135,9 +137,16 @@ def _extend_codecs() -> None:
     add("video/AV1", {})
 
 
+# Browsers run out of 96-127 and number newer codecs (AV1, more H.264 profiles) in 35-63.
+# aiortc answers with the offerer's payload type only inside 96-127 and otherwise with its
+# own: the answer then names a type the offerer never meant, and nothing decodes.
+PAYLOAD_TYPES_TO_ECHO = frozenset(range(35, 64)) | frozenset(range(96, 128))
+
+
 def install(host_addresses: tuple[str, ...]) -> None:
     """Make aiortc and aioice fit for forwarding. Safe to call again (tests do)."""
     _extend_codecs()
+    aiortc_rtp.DYNAMIC_PAYLOAD_TYPES = PAYLOAD_TYPES_TO_ECHO  # type: ignore[assignment]
     original = getattr(aioice.ice.get_host_addresses, "golive_original", None)
     if original is None:
         original = aioice.ice.get_host_addresses

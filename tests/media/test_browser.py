@@ -1,4 +1,4 @@
-"""Chromium publishes over WHIP and another Chromium page plays over WHEP: VP8, H264, VP9."""
+"""Chromium publishes over WHIP and another Chromium page plays over WHEP: VP8, H264, VP9, AV1."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ async def browser(chromium: str) -> AsyncIterator[Browser]:
             await launched.close()
 
 
-@pytest.mark.parametrize("codec", ["vp8", "h264", "vp9"])
+@pytest.mark.parametrize("codec", ["vp8", "h264", "vp9", "av1"])
 async def test_chromium_publishes_and_chromium_plays(
     server: ServerThread, browser: Browser, codec: str
 ) -> None:
