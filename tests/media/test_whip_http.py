@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import aiohttp
 import pytest
-from aiortc import RTCPeerConnection
+from aiortc import RTCPeerConnection, RTCRtpReceiver
 
 from golive.config import Config
 from tests.media.clients import PatternTrack, close_all, publish, view
@@ -252,3 +252,40 @@ async def test_media_ports_stay_in_the_configured_range(port_range_server: Serve
         await close_all(publisher.pc, viewer.pc)
         for task in viewer.tasks:
             task.cancel()
+
+
+async def test_a_viewer_is_answered_only_codecs_it_offered(server: ServerThread) -> None:
+    """A viewer offering only H.264 for a VP8 room gets no answer it cannot use: 400, and no
+    session is left behind; one offering VP8 among others is answered VP8 alone."""
+    publisher = await publish(server.url, "codecs", audio=False)
+    h264_only = RTCPeerConnection()
+    transceiver = h264_only.addTransceiver("video", direction="recvonly")
+    capabilities = RTCRtpReceiver.getCapabilities("video")
+    assert capabilities is not None
+    transceiver.setCodecPreferences(
+        [c for c in capabilities.codecs if c.mimeType.lower() in ("video/h264", "video/rtx")]
+    )
+    status, _, body = await request(
+        server, "POST", f"{WHEP}/codecs", data=await local_offer(h264_only), headers=SDP
+    )
+    try:
+        assert (status, json.loads(body)) == (400, {"error": "invalid SDP"})
+        assert rooms(server)[0]["subscribers"] == 0  # type: ignore[index]
+        assert server.call(lambda: len(server.rooms.registry)) == 1  # the publisher only
+        viewer = await view(server.url, "codecs")
+        assert viewer.answer.status == 201
+        video = viewer.answer.sdp.split("m=video", 1)[1].split("m=audio", 1)[0]
+        names = {
+            line.split()[1].split("/")[0]
+            for line in video.splitlines()
+            if line.startswith("a=rtpmap:")
+        }
+        assert names <= {"VP8", "rtx"}
+        await close_all(viewer.pc)
+    finally:
+        await close_all(publisher.pc, h264_only)
+
+
+async def local_offer(pc: RTCPeerConnection) -> str:
+    await pc.setLocalDescription(await pc.createOffer())
+    return str(pc.localDescription.sdp)
