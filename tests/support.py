@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -112,6 +113,16 @@ class ServerThread:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
+
+
+@contextlib.contextmanager
+def running_server(env: Mapping[str, str]) -> Iterator[ServerThread]:
+    """A real server configured from ``env`` (as the environment would), stopped afterwards."""
+    server = ServerThread(Config.from_env(env)).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -7,8 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from golive.config import Config
-from tests.support import ServerThread
+from tests.support import ServerThread, running_server
 
 
 @pytest.fixture(autouse=True)
@@ -24,11 +23,6 @@ def loopback_only() -> None:
 
 @pytest.fixture
 def server() -> Iterator[ServerThread]:
-    config = Config.from_env(
-        {"ICE_HOST_ADDRESSES": "127.0.0.1", "STUN_URLS": ",", "LOG_LEVEL": "warning"}
-    )
-    running = ServerThread(config).start()
-    try:
+    env = {"ICE_HOST_ADDRESSES": "127.0.0.1", "STUN_URLS": ",", "LOG_LEVEL": "warning"}
+    with running_server(env) as running:
         yield running
-    finally:
-        running.stop()

@@ -13,9 +13,8 @@ import aiohttp
 import pytest
 from aiortc import RTCPeerConnection, RTCRtpReceiver
 
-from golive.config import Config
 from tests.media.clients import PatternTrack, close_all, publish, view
-from tests.support import ServerThread
+from tests.support import ServerThread, running_server
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
@@ -157,22 +156,17 @@ async def test_session_resource(server: ServerThread) -> None:
 
 @pytest.fixture
 def limited_server() -> Iterator[ServerThread]:
-    config = Config.from_env(
-        {
-            "ICE_HOST_ADDRESSES": "127.0.0.1",
-            "STUN_URLS": "stun:stun.example.org:3478",
-            "TURN_URLS": "turn:turn.example.org:3478?transport=udp",
-            "TURN_USERNAME": "user",
-            "TURN_PASSWORD": "pass",
-            "MAX_SUBS_PER_ROOM": "1",
-            "LOG_LEVEL": "warning",
-        }
-    )
-    running = ServerThread(config).start()
-    try:
+    env = {
+        "ICE_HOST_ADDRESSES": "127.0.0.1",
+        "STUN_URLS": "stun:stun.example.org:3478",
+        "TURN_URLS": "turn:turn.example.org:3478?transport=udp",
+        "TURN_USERNAME": "user",
+        "TURN_PASSWORD": "pass",
+        "MAX_SUBS_PER_ROOM": "1",
+        "LOG_LEVEL": "warning",
+    }
+    with running_server(env) as running:
         yield running
-    finally:
-        running.stop()
 
 
 async def test_limits_links_and_options(limited_server: ServerThread) -> None:
@@ -214,19 +208,14 @@ async def test_limits_links_and_options(limited_server: ServerThread) -> None:
 
 @pytest.fixture
 def port_range_server() -> Iterator[ServerThread]:
-    config = Config.from_env(
-        {
-            "ICE_HOST_ADDRESSES": "127.0.0.1",
-            "ICE_PORT_MIN": "41000",
-            "ICE_PORT_MAX": "41004",
-            "LOG_LEVEL": "warning",
-        }
-    )
-    running = ServerThread(config).start()
-    try:
+    env = {
+        "ICE_HOST_ADDRESSES": "127.0.0.1",
+        "ICE_PORT_MIN": "41000",
+        "ICE_PORT_MAX": "41004",
+        "LOG_LEVEL": "warning",
+    }
+    with running_server(env) as running:
         yield running
-    finally:
-        running.stop()
 
 
 async def test_media_ports_stay_in_the_configured_range(port_range_server: ServerThread) -> None:
