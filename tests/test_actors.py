@@ -328,13 +328,17 @@ async def test_refusals_are_counted(world: World) -> None:
 async def test_one_thread_per_viewer_and_none_left_after_leaving(world: World) -> None:
     """pykka gives each actor a thread: a viewer costs exactly one, and gives it back."""
     await world.live_room("r")
-    before = threading.active_count()
+
+    def viewer_threads() -> int:
+        return sum(t.name.startswith("SubscriberActor") for t in threading.enumerate())
+
+    assert viewer_threads() == 0
     viewers = [await world.viewer("r") for _ in range(20)]
-    assert threading.active_count() - before == 20
+    assert viewer_threads() == 20
     for admitted, endpoint in viewers:
         assert await world.rooms.leave(admitted.session, EndReason.CLIENT_LEFT) == Done()
         assert endpoint.closed is EndReason.CLIENT_LEFT
-    wait_until(lambda: threading.active_count() == before, what="viewer threads to exit")
+    wait_until(lambda: viewer_threads() == 0, what="viewer threads to exit")
     assert world.registry.get(viewers[0][0].session) is None
     assert world.gauge("golive_sessions", role=Role.SUBSCRIBER.value) == 0
 
