@@ -139,14 +139,9 @@ class MediaHub:
         """Answer a publisher's offer. Raises :class:`InvalidOfferError` (the room is left as it
         was: a failed publish leaves nothing behind)."""
         offer = parse_offer(offer_sdp)
-        peer = PeerSession(self, Role.PUBLISHER, room, self._new_pc())
-        claim = await self._rooms.publish(room, peer, trace)
-        if isinstance(claim, Refused):
-            self._spawn(peer.pc.close())
-            return claim
-        assert isinstance(claim, PublisherClaimed)
-        peer.session = claim.session
-        self._sessions[peer.session] = peer
+        peer = await self._admit(Role.PUBLISHER, room, trace)
+        if isinstance(peer, Refused):
+            return peer
         try:
             answer, tracks = await self._answer_publisher(peer, offer_sdp, offer)
         except Exception as exc:
@@ -200,14 +195,9 @@ class MediaHub:
     ) -> Answered | Refused:
         """Answer a viewer's offer. Raises :class:`InvalidOfferError` if it matches no track."""
         offer = parse_offer(offer_sdp)
-        peer = PeerSession(self, Role.SUBSCRIBER, room, self._new_pc())
-        admitted = await self._rooms.subscribe(room, peer, trace)
-        if isinstance(admitted, Refused):
-            self._spawn(peer.pc.close())
-            return admitted
-        assert isinstance(admitted, SubscriberAdmitted)
-        peer.session = admitted.session
-        self._sessions[peer.session] = peer
+        peer = await self._admit(Role.SUBSCRIBER, room, trace)
+        if isinstance(peer, Refused):
+            return peer
         taps = self.taps(room)
         if not taps:  # the publisher left between the admission and now
             await self._rooms.leave(peer.session, EndReason.NEGOTIATION_FAILED, trace)
@@ -267,8 +257,23 @@ class MediaHub:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def _new_pc(self) -> ForwardingPeerConnection:
-        return ForwardingPeerConnection(self._configuration)
+    async def _admit(
+        self, role: Role, room: RoomName, trace: TraceCarrier
+    ) -> PeerSession | Refused:
+        """Ask the actors to admit a new session of ``role`` (before any negotiation)."""
+        peer = PeerSession(self, role, room, ForwardingPeerConnection(self._configuration))
+        if role is Role.PUBLISHER:
+            reply: PublisherClaimed | SubscriberAdmitted | Refused = await self._rooms.publish(
+                room, peer, trace
+            )
+        else:
+            reply = await self._rooms.subscribe(room, peer, trace)
+        if isinstance(reply, Refused):
+            self._spawn(peer.pc.close())
+            return reply
+        peer.session = reply.session
+        self._sessions[peer.session] = peer
+        return peer
 
     def _watch(self, peer: PeerSession) -> None:
         pc = peer.pc

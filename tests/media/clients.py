@@ -136,5 +136,15 @@ async def view(base_url: str, room: str) -> Viewer:
     return viewer
 
 
-async def close_all(*pcs: RTCPeerConnection) -> None:
-    await asyncio.gather(*(pc.close() for pc in pcs))
+async def close_all(*peers: RTCPeerConnection | Publisher | Viewer) -> None:
+    """Close every peer connection and stop the viewers' frame readers."""
+    for peer in peers:
+        if isinstance(peer, Viewer):
+            for task in peer.tasks:
+                task.cancel()
+    await asyncio.gather(
+        *(
+            peer.close() if isinstance(peer, RTCPeerConnection) else peer.pc.close()
+            for peer in peers
+        )
+    )

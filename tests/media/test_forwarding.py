@@ -105,10 +105,7 @@ async def test_publisher_reaches_every_viewer(server: ServerThread) -> None:
             what="every room, fanout and subscriber actor to stop",
         )
     finally:
-        await close_all(publisher.pc, *(v.pc for v in viewers))
-        for viewer in viewers:
-            for task in viewer.tasks:
-                task.cancel()
+        await close_all(publisher, *viewers)
 
 
 async def test_second_publisher_and_missing_room(server: ServerThread) -> None:
@@ -122,7 +119,7 @@ async def test_second_publisher_and_missing_room(server: ServerThread) -> None:
         assert nobody.answer.status == 404
         assert nobody.answer.body == b'{"error": "no active publisher in room"}'
     finally:
-        await close_all(first.pc, second.pc, nobody.pc)
+        await close_all(first, second, nobody)
 
 
 async def test_lost_packets_are_repaired_by_retransmission(
@@ -185,9 +182,7 @@ async def test_lost_packets_are_repaired_by_retransmission(
         assert samples[("golive_rtcp_nacks_received_total", ())] >= 1
         assert not [r for r in caplog.records if "failed to decode" in r.getMessage()]
     finally:
-        await close_all(publisher.pc, viewer.pc)
-        for task in viewer.tasks:
-            task.cancel()
+        await close_all(publisher, viewer)
 
 
 async def test_transport_ends_end_sessions(server: ServerThread) -> None:
@@ -211,9 +206,7 @@ async def test_transport_ends_end_sessions(server: ServerThread) -> None:
         await wait_for_rooms(server, b"[]")
         await asyncio.wait_for(_closed(staying), DEADLINE)
     finally:
-        await close_all(publisher.pc, staying.pc, leaving.pc)
-        for task in [*staying.tasks, *leaving.tasks]:
-            task.cancel()
+        await close_all(publisher, staying, leaving)
 
 
 async def _closed(viewer: Viewer) -> None:
@@ -294,9 +287,7 @@ async def test_sender_reports_carry_the_publishers_clock_in_each_viewers_numberi
             )
             assert report.sender_info.packet_count > 0
     finally:
-        await close_all(publisher.pc, viewer.pc)
-        for task in viewer.tasks:
-            task.cancel()
+        await close_all(publisher, viewer)
 
 
 async def test_a_viewer_that_cannot_keep_up_loses_packets_and_nobody_else_does(
@@ -334,9 +325,7 @@ async def test_a_viewer_that_cannot_keep_up_loses_packets_and_nobody_else_does(
         samples = metric_samples((await asyncio.to_thread(server.get, "/metrics"))[1].decode())
         assert samples[("golive_rtp_packets_dropped_total", (("reason", "backpressure"),))] > 0
     finally:
-        await close_all(publisher.pc, fast.pc, slow.pc)
-        for task in [*fast.tasks, *slow.tasks]:
-            task.cancel()
+        await close_all(publisher, fast, slow)
 
 
 async def test_losses_from_the_publisher_are_nacked_and_reports_go_back(
@@ -389,9 +378,7 @@ async def test_losses_from_the_publisher_are_nacked_and_reports_go_back(
             await asyncio.sleep(0.1)
         await asyncio.wait_for(viewer.got_video.wait(), DEADLINE)
     finally:
-        await close_all(publisher.pc, viewer.pc)
-        for task in viewer.tasks:
-            task.cancel()
+        await close_all(publisher, viewer)
 
 
 @pytest.mark.timeout(120)
@@ -417,6 +404,4 @@ async def test_a_viewer_that_vanishes_loses_consent_and_its_session(server: Serv
         assert ended.get(key) == 1
         assert staying.pc.connectionState == "connected"
     finally:
-        await close_all(publisher.pc, staying.pc, vanishing.pc)
-        for task in [*staying.tasks, *vanishing.tasks]:
-            task.cancel()
+        await close_all(publisher, staying, vanishing)

@@ -154,6 +154,4 @@ async def test_gstreamer_publishes_with_trickle_and_a_viewer_decodes(
             client.kill()
             await client.wait()
         if viewer is not None:
-            await close_all(viewer.pc)
-            for task in viewer.tasks:
-                task.cancel()
+            await close_all(viewer)

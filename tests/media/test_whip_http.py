@@ -151,7 +151,7 @@ async def test_session_resource(server: ServerThread) -> None:
         status, _, _ = await request(server, "DELETE", f"{WHEP}/res/{location.rsplit('/', 1)[1]}")
         assert status == 404  # a publisher's id is not a viewer's resource
     finally:
-        await publisher.pc.close()
+        await close_all(publisher)
 
 
 @pytest.fixture
@@ -202,8 +202,7 @@ async def test_limits_links_and_options(limited_server: ServerThread) -> None:
         assert second.answer.status == 403
         assert json.loads(second.answer.body) == {"error": "subscriber limit reached"}
     finally:
-        for pc in (publisher.pc, first.pc, second.pc):
-            await pc.close()
+        await close_all(publisher, first, second)
 
 
 @pytest.fixture
@@ -238,9 +237,7 @@ async def test_media_ports_stay_in_the_configured_range(port_range_server: Serve
             )
         await asyncio.wait_for(viewer.got_video.wait(), 30)
     finally:
-        await close_all(publisher.pc, viewer.pc)
-        for task in viewer.tasks:
-            task.cancel()
+        await close_all(publisher, viewer)
 
 
 async def test_a_viewer_is_answered_only_codecs_it_offered(server: ServerThread) -> None:
@@ -270,9 +267,9 @@ async def test_a_viewer_is_answered_only_codecs_it_offered(server: ServerThread)
             if line.startswith("a=rtpmap:")
         }
         assert names <= {"VP8", "rtx"}
-        await close_all(viewer.pc)
+        await close_all(viewer)
     finally:
-        await close_all(publisher.pc, h264_only)
+        await close_all(publisher, h264_only)
 
 
 async def local_offer(pc: RTCPeerConnection) -> str:
