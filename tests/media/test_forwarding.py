@@ -14,7 +14,7 @@ from aiortc.rtp import RtcpSrPacket, RtpPacket, is_rtcp
 
 from golive.actors.messages import RoomName, SessionId
 from golive.http.keys import MEDIA as MEDIA_KEY
-from golive.media.forwarding import TrackTap
+from golive.media.forwarding import KEYFRAME_REQUEST_INTERVAL, TrackTap
 from golive.media.hooks import SEND_BUFFER_LIMIT, ForwardingReceiver
 from tests.media.clients import Viewer, close_all, delete, publish, view
 from tests.support import ServerThread, metric_samples, wait_until
@@ -405,3 +405,43 @@ async def test_a_viewer_that_vanishes_loses_consent_and_its_session(server: Serv
         assert staying.pc.connectionState == "connected"
     finally:
         await close_all(publisher, staying, vanishing)
+
+
+async def test_a_viewers_picture_loss_asks_the_publisher_for_a_keyframe(
+    server: ServerThread,
+) -> None:
+    """A viewer's PLI becomes one keyframe request to the publisher (coalesced), and the
+    publisher's next keyframe reaches the viewer."""
+    publisher = await publish(server.url, "pli", audio=False)
+    viewer = await view(server.url, "pli")
+    try:
+        await asyncio.wait_for(viewer.got_video.wait(), DEADLINE)
+        publisher_sender = publisher.pc.getTransceivers()[0].sender
+        keyframes_asked = asyncio.Event()
+        send_keyframe = publisher_sender._send_keyframe
+
+        def on_keyframe_request() -> None:  # the publisher (aiortc) was asked for a keyframe
+            keyframes_asked.set()
+            send_keyframe()
+
+        def requests() -> int:
+            [tap] = server.app[MEDIA_KEY].taps(RoomName("pli"))
+            return tap.keyframe_requests
+
+        def quiet() -> bool:  # no request pending, none in the last interval
+            [tap] = server.app[MEDIA_KEY].taps(RoomName("pli"))
+            since = tap._loop.time() - tap._last_request
+            return tap._deferred is None and since > KEYFRAME_REQUEST_INTERVAL
+
+        await asyncio.to_thread(wait_until, lambda: server.call(quiet), what="a quiet track")
+        before = server.call(requests)
+        publisher_sender._send_keyframe = on_keyframe_request  # type: ignore[method-assign]
+        receiver = next(t.receiver for t in viewer.pc.getTransceivers() if t.kind == "video")
+        fid = re.search(r"a=ssrc-group:FID (\d+)", viewer.answer.sdp)
+        assert fid is not None
+        for _ in range(3):  # three PLIs at once: one request upstream
+            await receiver._send_rtcp_pli(int(fid.group(1)))
+        await asyncio.wait_for(keyframes_asked.wait(), DEADLINE)
+        assert server.call(requests) == before + 1
+    finally:
+        await close_all(publisher, viewer)
