@@ -55,14 +55,13 @@ from aiortc.rtp import (
     unwrap_rtx,
 )
 
-from golive.media.rtp import payload_offset
+from golive.media.rtp import RTP_HEADER, payload_offset
 
 log = structlog.get_logger(__name__)
 
 # A viewer whose socket has this much unsent data loses packets instead of queueing more.
 SEND_BUFFER_LIMIT = 512 * 1024
 RTCP_INTERVAL = 1.0
-RTP_HEADER_BYTES = 12
 
 PacketSink = Callable[[RtpPacket, RTCRtpCodecParameters], None]
 
@@ -314,6 +313,7 @@ class ForwardingSender(RTCRtpSender):
 
     on_keyframe_request: Callable[[], None] | None
     on_nack: Callable[[list[int]], None] | None
+    on_ready: Callable[[ForwardingSender], None] | None  # DTLS is up: it may be fed packets
 
     def _adopt(self) -> None:
         self.on_keyframe_request = None
@@ -327,8 +327,6 @@ class ForwardingSender(RTCRtpSender):
         self.packets_dropped = 0
         self.cname: str | None = None
         self._rtx_sequence = random.randrange(0, 0x10000)  # noqa: S311  RTP, not a secret
-
-    on_ready: Callable[[ForwardingSender], None] | None
 
     @property
     def ssrc(self) -> int:
@@ -368,7 +366,7 @@ class ForwardingSender(RTCRtpSender):
         delivery = self._send(data, rtcp=False)
         if delivery is Delivery.SENT:
             self.packets_sent += 1
-            self.bytes_sent += len(data) - RTP_HEADER_BYTES
+            self.bytes_sent += len(data) - RTP_HEADER
         return delivery
 
     def send_rtx(self, data: bytes) -> Delivery:
@@ -378,7 +376,7 @@ class ForwardingSender(RTCRtpSender):
             return self.send_rtp(data)
         offset = payload_offset(data)
         self._rtx_sequence = (self._rtx_sequence + 1) & 0xFFFF
-        header = bytearray(data[: RTP_HEADER_BYTES + 4 * (data[0] & 0x0F)])
+        header = bytearray(data[: RTP_HEADER + 4 * (data[0] & 0x0F)])
         header[0] &= 0xEF  # no header extension
         header[1] = (data[1] & 0x80) | self.rtx_payload_type
         header[2:4] = self._rtx_sequence.to_bytes(2, "big")

@@ -42,32 +42,13 @@ def shims(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if shutil.which("whip-client") is None or shutil.which("gcc") is None:
         pytest.fail("whip-client and gcc are needed: `make test` installs them")
     built = tmp_path_factory.mktemp("gst-shims")
-    subprocess.run(
-        [
-            "gcc",
-            "-shared",
-            "-fPIC",
-            "-O2",
-            "-o",
-            str(built / "libgupnp-igd-1.0.so.4"),
-            "-Wl,-soname,libgupnp-igd-1.0.so.4",
-            str(SHIMS / "gupnp_igd_stub.c"),
-        ],
-        check=True,
-    )
-    subprocess.run(
-        [
-            "gcc",
-            "-shared",
-            "-fPIC",
-            "-O2",
-            "-o",
-            str(built / "loopback_ifaddrs.so"),
-            str(SHIMS / "loopback_ifaddrs.c"),
-            "-ldl",
-        ],
-        check=True,
-    )
+
+    def build(library: str, source: str, *flags: str) -> None:
+        command = ["gcc", "-shared", "-fPIC", "-O2", "-o", str(built / library), *flags]
+        subprocess.run([*command, str(SHIMS / source), "-ldl"], check=True)
+
+    build("libgupnp-igd-1.0.so.4", "gupnp_igd_stub.c", "-Wl,-soname,libgupnp-igd-1.0.so.4")
+    build("loopback_ifaddrs.so", "loopback_ifaddrs.c")
     return built
 
 
