@@ -72,6 +72,9 @@ DEFAULT_LOG_LEVEL: Final[LogLevel] = "info"
 DEFAULT_LOG_FORMAT: Final[LogFormat] = "json"
 DEFAULT_SHUTDOWN_TIMEOUT_SECONDS: Final = 10.0
 DEFAULT_ACTOR_TIMEOUT_SECONDS: Final = 5.0
+DEFAULT_UPLOAD_RETRY_BASE_SECONDS: Final = 1.0
+DEFAULT_UPLOAD_RETRY_MAX_SECONDS: Final = 60.0
+DEFAULT_UPLOAD_MAX_ATTEMPTS: Final = 10
 
 #: Room names, as in the HTTP routes (contract section 2).
 ROOM_NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -405,6 +408,9 @@ class Config:
     log_format: LogFormat = DEFAULT_LOG_FORMAT
     shutdown_timeout_seconds: float = DEFAULT_SHUTDOWN_TIMEOUT_SECONDS
     actor_timeout_seconds: float = DEFAULT_ACTOR_TIMEOUT_SECONDS
+    upload_retry_base_seconds: float = DEFAULT_UPLOAD_RETRY_BASE_SECONDS
+    upload_retry_max_seconds: float = DEFAULT_UPLOAD_RETRY_MAX_SECONDS
+    upload_max_attempts: int = DEFAULT_UPLOAD_MAX_ATTEMPTS
 
     def __post_init__(self) -> None:
         if not isinstance(self.room_tokens, MappingProxyType):
@@ -429,6 +435,10 @@ class Config:
             raise ConfigError("ICE_PORT_MAX", "must be set when ICE_PORT_MIN is set")
         if low > high:
             raise ConfigError("ICE_PORT_MIN", f"must not exceed ICE_PORT_MAX ({low} > {high})")
+        if self.upload_retry_base_seconds > self.upload_retry_max_seconds:
+            raise ConfigError(
+                "UPLOAD_RETRY_BASE_SECONDS", "must not exceed UPLOAD_RETRY_MAX_SECONDS"
+            )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
@@ -498,6 +508,21 @@ class Config:
                 get("ACTOR_TIMEOUT_SECONDS"),
                 DEFAULT_ACTOR_TIMEOUT_SECONDS,
                 positive=True,
+            ),
+            upload_retry_base_seconds=_parse_float(
+                "UPLOAD_RETRY_BASE_SECONDS",
+                get("UPLOAD_RETRY_BASE_SECONDS"),
+                DEFAULT_UPLOAD_RETRY_BASE_SECONDS,
+                positive=True,
+            ),
+            upload_retry_max_seconds=_parse_float(
+                "UPLOAD_RETRY_MAX_SECONDS",
+                get("UPLOAD_RETRY_MAX_SECONDS"),
+                DEFAULT_UPLOAD_RETRY_MAX_SECONDS,
+                positive=True,
+            ),
+            upload_max_attempts=_parse_int(
+                "UPLOAD_MAX_ATTEMPTS", get("UPLOAD_MAX_ATTEMPTS"), DEFAULT_UPLOAD_MAX_ATTEMPTS, 1
             ),
         )
 
@@ -591,6 +616,9 @@ class Config:
             "LOG_FORMAT": self.log_format,
             "SHUTDOWN_TIMEOUT_SECONDS": self.shutdown_timeout_seconds,
             "ACTOR_TIMEOUT_SECONDS": self.actor_timeout_seconds,
+            "UPLOAD_RETRY_BASE_SECONDS": self.upload_retry_base_seconds,
+            "UPLOAD_RETRY_MAX_SECONDS": self.upload_retry_max_seconds,
+            "UPLOAD_MAX_ATTEMPTS": self.upload_max_attempts,
         }
 
 

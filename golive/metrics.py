@@ -29,6 +29,15 @@ class Metrics:
     retransmitted: Counter  # golive_rtp_packets_retransmitted_total
     nacks: Counter  # golive_rtcp_nacks_received_total
     keyframe_requests: Counter  # golive_keyframe_requests_total
+    # recording and upload
+    recordings_started: Counter  # golive_recordings_started_total{codec}
+    recordings_finished: Counter  # golive_recordings_finished_total{codec}
+    recordings_failed: Counter  # golive_recordings_failed_total{codec}
+    recording_bytes: Counter  # golive_recording_bytes_written_total
+    recording_frames_dropped: Counter  # golive_recording_frames_dropped_total{reason}
+    uploads: Counter  # golive_uploads_total{outcome}
+    upload_retries: Counter  # golive_upload_retries_total
+    uploads_pending: Gauge  # golive_uploads_pending
 
     def forget_room(self, room: str) -> None:
         """Drop a finished room's label values, so label cardinality stays bounded."""
@@ -96,6 +105,53 @@ def create_metrics() -> Metrics:
         keyframe_requests=Counter(
             "golive_keyframe_requests",
             "Keyframe requests (PLI) sent to publishers, after coalescing.",
+            registry=registry,
+        ),
+        recordings_started=Counter(
+            "golive_recordings_started",
+            "Recordings opened, one per recorded track, by codec.",
+            ["codec"],
+            registry=registry,
+        ),
+        recordings_finished=Counter(
+            "golive_recordings_finished",
+            "Recordings closed and finalized, by codec.",
+            ["codec"],
+            registry=registry,
+        ),
+        recordings_failed=Counter(
+            "golive_recordings_failed",
+            "Recordings that failed (disk error, recorder crash), by codec; what was written "
+            "before the failure stays on disk.",
+            ["codec"],
+            registry=registry,
+        ),
+        recording_bytes=Counter(
+            "golive_recording_bytes_written",
+            "Bytes of media written to recording files.",
+            registry=registry,
+        ),
+        recording_frames_dropped=Counter(
+            "golive_recording_frames_dropped",
+            "Frames not written to a recording, by reason (damaged: packets lost; "
+            "before_keyframe: waiting for a keyframe to resume).",
+            ["reason"],
+            registry=registry,
+        ),
+        uploads=Counter(
+            "golive_uploads",
+            "Recording uploads to S3 by outcome (succeeded, or failed after every retry).",
+            ["outcome"],
+            registry=registry,
+        ),
+        upload_retries=Counter(
+            "golive_upload_retries",
+            "Upload attempts that failed and were retried after a backoff.",
+            registry=registry,
+        ),
+        uploads_pending=Gauge(
+            "golive_uploads_pending",
+            "Recordings waiting to be uploaded (queued, in flight or backing off).",
             registry=registry,
         ),
     )

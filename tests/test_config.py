@@ -70,6 +70,9 @@ ALL_VARIABLES = frozenset(
         "LOG_FORMAT",
         "SHUTDOWN_TIMEOUT_SECONDS",
         "ACTOR_TIMEOUT_SECONDS",
+        "UPLOAD_RETRY_BASE_SECONDS",
+        "UPLOAD_RETRY_MAX_SECONDS",
+        "UPLOAD_MAX_ATTEMPTS",
     }
 )
 
@@ -126,6 +129,9 @@ FULL_ENV = {
     "LOG_FORMAT": "Console",
     "SHUTDOWN_TIMEOUT_SECONDS": "2.5",
     "ACTOR_TIMEOUT_SECONDS": "0.75",
+    "UPLOAD_RETRY_BASE_SECONDS": "0.5",
+    "UPLOAD_RETRY_MAX_SECONDS": "30",
+    "UPLOAD_MAX_ATTEMPTS": "4",
 }
 
 
@@ -439,6 +445,9 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("SHUTDOWN_TIMEOUT_SECONDS", "ten"),
     ("ACTOR_TIMEOUT_SECONDS", "0.0"),
     ("ACTOR_TIMEOUT_SECONDS", "soon"),
+    ("UPLOAD_RETRY_BASE_SECONDS", "0"),
+    ("UPLOAD_RETRY_MAX_SECONDS", "forever"),
+    ("UPLOAD_MAX_ATTEMPTS", "0"),
 ]
 
 

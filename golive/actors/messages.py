@@ -18,6 +18,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, NewType
 
 import pykka
@@ -320,3 +321,13 @@ class TrackForwarding:
     """One of the session's tracks is now forwarding (fanout → subscriber)."""
 
     track_id: TrackId
+
+
+# --- recording and upload -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UploadRecording:
+    """A finished recording to upload (recorder → uploader); its upload marker exists."""
+
+    path: Path
