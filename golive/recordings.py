@@ -87,6 +87,11 @@ class RecordingStore:
             self._mark(UPLOAD, name)
         self._unmark(RECORDING, name)
 
+    def discard(self, name: str) -> None:
+        """Remove a recording that holds nothing worth keeping (no frame was written)."""
+        (self.directory / name).unlink(missing_ok=True)
+        self._unmark(RECORDING, name)
+
     def interrupted(self) -> list[Path]:
         """Recordings whose process died before finalizing them (at start-up only)."""
         return [self.directory / name for name in self._marked(RECORDING)]

@@ -1,7 +1,7 @@
 """The event loop's side of every session: the registry actors reach through the LoopPort.
 
-Runs on the event loop only, except :meth:`SessionRegistry.publish_routes` and
-:meth:`SessionRegistry.close_session`, which any actor thread may call: they schedule the work
+Runs on the event loop only, except the :class:`LoopPort` methods (``publish_routes``,
+``close_session``, ``request_keyframe``), which any actor thread may call: they schedule the work
 onto the loop with ``call_soon_threadsafe`` and return at once.
 
 A session is in the registry from the moment it is admitted until it is closed. Forwarding
@@ -64,6 +64,7 @@ class SessionRegistry:
         # session does.
         self._generation = 0
         self._resolved: dict[TrackKey, tuple[int, int, Targets]] = {}
+        self._keyframe_sources: dict[TrackKey, Callable[[], None]] = {}
 
     # -- LoopPort: any thread -----------------------------------------------------------------
 
@@ -72,6 +73,9 @@ class SessionRegistry:
 
     def close_session(self, session: SessionId, reason: EndReason) -> None:
         self._schedule(self._close, session, reason)
+
+    def request_keyframe(self, track: TrackKey) -> None:
+        self._schedule(self._request_keyframe, track)
 
     def _schedule(self, callback: Callable[..., None], *args: Any) -> None:
         try:
@@ -117,6 +121,18 @@ class SessionRegistry:
         )
         self._resolved[track] = (table.version, self._generation, found)
         return found
+
+    def add_keyframe_source(self, track: TrackKey, request: Callable[[], None]) -> None:
+        """How to ask ``track``'s publisher for a keyframe (its tap's coalescing request)."""
+        self._keyframe_sources[track] = request
+
+    def remove_keyframe_source(self, track: TrackKey) -> None:
+        self._keyframe_sources.pop(track, None)
+
+    def _request_keyframe(self, track: TrackKey) -> None:
+        request = self._keyframe_sources.get(track)
+        if request is not None:
+            request()
 
     def _install_routes(self, table: RoutingTable) -> None:
         held = self._tables.get(table.track)

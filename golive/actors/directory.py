@@ -35,6 +35,7 @@ from golive.actors.messages import (
     new_session_id,
 )
 from golive.actors.ports import LoopPort
+from golive.actors.recorder import RecordingSettings
 from golive.actors.room import RoomActor
 from golive.metrics import Metrics
 
@@ -90,9 +91,16 @@ class DirectoryActor(GoliveActor):
     actor_kind = "directory"
 
     def __init__(
-        self, *, port: LoopPort, metrics: Metrics, max_subscribers: int, stop_timeout: float
+        self,
+        *,
+        port: LoopPort,
+        metrics: Metrics,
+        max_subscribers: int,
+        stop_timeout: float,
+        recording: RecordingSettings | None = None,
     ) -> None:
         super().__init__()
+        self._recording = recording
         self._state: DirectoryState[pykka.ActorRef[Any]] = DirectoryState()
         self._port = port
         self._metrics = metrics
@@ -115,6 +123,7 @@ class DirectoryActor(GoliveActor):
             metrics=self._metrics,
             max_subscribers=self._max_subscribers,
             stop_timeout=self._stop_timeout,
+            recording=self._recording,
         )
         self._state.add(message.room, session, ref)
         self._metrics.sessions.labels(Role.PUBLISHER.value).inc()

@@ -7,6 +7,9 @@ is ready, a subscriber started on a keyframe, a subscriber is gone.
 
 A video route starts ``WAITING_KEYFRAME`` (the loop sends nothing until a keyframe, then
 reports :class:`KeyframeDelivered`); an audio route starts ``FORWARDING``.
+
+When the track is recorded, every table also names its recorder (started by the room), to
+which the loop tells each packet.
 """
 
 from __future__ import annotations
@@ -81,13 +84,18 @@ class FanoutState:
     def waiting(self) -> frozenset[SessionId]:
         return frozenset(s for s, p in self.routes.items() if p is RoutePhase.WAITING_KEYFRAME)
 
-    def table(self, fanout: pykka.ActorRef[Any] | None = None) -> RoutingTable:
+    def table(
+        self,
+        fanout: pykka.ActorRef[Any] | None = None,
+        recorder: pykka.ActorRef[Any] | None = None,
+    ) -> RoutingTable:
         return RoutingTable(
             track=self.track,
             version=self.version,
             routes=tuple(Route(session, phase) for session, phase in self.routes.items()),
             retired=self.closed,
             fanout=fanout,
+            recorder=recorder,
         )
 
 
@@ -102,9 +110,11 @@ class FanoutActor(GoliveActor):
         parent: pykka.ActorRef[Any],
         port: LoopPort,
         metrics: Metrics,
+        recorder: pykka.ActorRef[Any] | None = None,
     ) -> None:
         super().__init__()
         self._parent = parent
+        self._recorder = recorder
         self._state = FanoutState(track=track, kind=info.kind)
         self._port = port
         self._metrics = metrics
@@ -153,7 +163,7 @@ class FanoutActor(GoliveActor):
         self._publish()
 
     def _publish(self) -> None:
-        self._port.publish_routes(self._state.table(self.actor_ref))
+        self._port.publish_routes(self._state.table(self.actor_ref, self._recorder))
 
 
 class FanoutProxy(ActorMemberMixin, pykka.ActorProxy[FanoutActor]):

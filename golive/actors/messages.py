@@ -132,6 +132,7 @@ class RoutingTable:
     routes: tuple[Route, ...]
     retired: bool = False
     fanout: pykka.ActorRef[Any] | None = None  # where the loop reports KeyframeDelivered
+    recorder: pykka.ActorRef[Any] | None = None  # where the loop tells every packet to record
 
     def sessions(self) -> frozenset[SessionId]:
         return frozenset(route.session for route in self.routes)
@@ -331,3 +332,17 @@ class UploadRecording:
     """A finished recording to upload (recorder → uploader); its upload marker exists."""
 
     path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class RecordPacket:
+    """One RTP packet of a recorded track, as received from the publisher (loop → recorder)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RecorderCrashed:
+    """A track's recorder died (recorder → room): the recording failed, the room goes on."""
+
+    track_id: TrackId

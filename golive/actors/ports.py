@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from golive.actors.messages import EndReason, RoutingTable, SessionId
+from golive.actors.messages import EndReason, RoutingTable, SessionId, TrackKey
 
 
 class LoopPort(Protocol):
@@ -18,3 +18,6 @@ class LoopPort(Protocol):
 
     def close_session(self, session: SessionId, reason: EndReason) -> None:
         """End a session's transport (its peer connection) on the loop."""
+
+    def request_keyframe(self, track: TrackKey) -> None:
+        """Ask the track's publisher for a keyframe (coalesced with the viewers' requests)."""

@@ -5,6 +5,8 @@ code (no threads, no I/O); the property suite drives it directly. :class:`RoomAc
 thin shell that owns a ``RoomState`` in its own thread and carries out its decisions: it
 starts one :class:`FanoutActor` per published track and one :class:`SubscriberActor` per
 viewer, and when the room ends it closes every session and stops every child before it stops.
+With recording on, it also starts one :class:`RecorderActor` per recordable track (handed to
+the track's fanout); a recorder that crashes fails its recording, not the room.
 
 A room is created by the directory on its first publish, *pending* until the publisher's
 offer is answered (:class:`PublisherReady`), then *live*. Only a live room admits viewers.
@@ -31,6 +33,7 @@ from golive.actors.messages import (
     JoinSubscriber,
     LeaveSubscriber,
     PublisherReady,
+    RecorderCrashed,
     Refusal,
     Refused,
     Role,
@@ -46,6 +49,7 @@ from golive.actors.messages import (
     new_session_id,
 )
 from golive.actors.ports import LoopPort
+from golive.actors.recorder import RecorderActor, RecordingSettings, recordable
 from golive.actors.subscriber import SubscriberActor
 from golive.metrics import Metrics
 
@@ -130,9 +134,12 @@ class RoomActor(GoliveActor):
         metrics: Metrics,
         max_subscribers: int,
         stop_timeout: float,
+        recording: RecordingSettings | None = None,
     ) -> None:
         super().__init__()
         self._state = RoomState(name=name, publisher=publisher, max_subscribers=max_subscribers)
+        self._recording = recording
+        self._recorders: dict[TrackId, pykka.ActorRef[Any]] = {}
         self._directory = directory
         self._port = port
         self._metrics = metrics
@@ -156,10 +163,36 @@ class RoomActor(GoliveActor):
             if track.track_id not in self._fanouts:
                 key = TrackKey(self._state.name, self._state.publisher, track.track_id)
                 self._fanouts[track.track_id] = FanoutActor.start(
-                    key, track, parent=self.actor_ref, port=self._port, metrics=self._metrics
+                    key,
+                    track,
+                    parent=self.actor_ref,
+                    port=self._port,
+                    metrics=self._metrics,
+                    recorder=self._start_recorder(key, track),
                 )
         self._log.info("room live", tracks=[t.codec for t in message.tracks])
         return Done()
+
+    def _start_recorder(self, key: TrackKey, track: TrackInfo) -> pykka.ActorRef[Any] | None:
+        if self._recording is None:
+            return None
+        if not recordable(track):
+            self._log.warning("codec cannot be recorded", track=track.track_id, codec=track.codec)
+            return None
+        try:
+            ref = RecorderActor.start(
+                key,
+                track,
+                settings=self._recording,
+                parent=self.actor_ref,
+                port=self._port,
+                metrics=self._metrics,
+            )
+        except Exception:  # noqa: BLE001  no recording is no reason to refuse the publisher
+            self._log.exception("recorder could not start", track=track.track_id)
+            return None
+        self._recorders[track.track_id] = ref
+        return ref
 
     @guarded
     def join_subscriber(self, message: JoinSubscriber) -> SubscriberAdmitted | Refused:  # noqa: ARG002  the join carries only its trace
@@ -208,6 +241,10 @@ class RoomActor(GoliveActor):
                 if self._state.remove(session):
                     self._subscribers.pop(session, None)
                     self._subscriber_ended(reason)
+            case RecorderCrashed(track_id=track_id):
+                # The recording failed (counted and logged by the recorder); the room goes on.
+                self._recorders.pop(track_id, None)
+                self._log.error("recorder crashed; the track is no longer recorded", track=track_id)
             case FanoutCrashed(track_id=track_id):
                 # A room that cannot forward one of its tracks cannot go on: it fails as a
                 # whole (its sessions close, the directory drops it), other rooms carry on.
@@ -235,8 +272,11 @@ class RoomActor(GoliveActor):
             tell_quietly(ref, CloseSession(reason))
         children = [*subscribers, *self._subscribers.values(), *self._fanouts.values()]
         stop_all(children, self._stop_timeout)
+        # Recorders last: every packet the loop told them so far is written before they stop.
+        stop_all(self._recorders.values(), self._stop_timeout)
         self._subscribers.clear()
         self._fanouts.clear()
+        self._recorders.clear()
         for _ in sessions:
             self._subscriber_ended(reason)
         self._port.close_session(self._state.publisher, reason)

@@ -21,6 +21,7 @@ from golive.http.auth import admin_allowed, client_auth_configured
 from golive.http.cors import cors_middleware
 from golive.http.errors import error_middleware, json_error
 from golive.http.keys import CONFIG, MEDIA, METRICS, ROOMS
+from golive.http.records import add_routes as add_record_routes
 from golive.http.whip import add_routes as add_whip_routes
 from golive.media import hooks
 from golive.media.peers import MediaHub
@@ -46,6 +47,7 @@ def create_app(config: Config, *, metrics: Metrics | None = None) -> web.Applica
     app.router.add_get("/api/bootstrap", bootstrap)
     app.router.add_post("/api/admin/rooms/{room}/close", admin_close_room)
     add_whip_routes(app, config)
+    add_record_routes(app, config)
     return app
 
 
@@ -58,6 +60,7 @@ async def _actors(app: web.Application) -> AsyncIterator[None]:
         metrics=app[METRICS],
         max_subscribers=config.max_subs_per_room,
         timeout=config.actor_timeout_seconds,
+        config=config,
     )
     await asyncio.to_thread(system.start)
     app[ROOMS] = RoomService(

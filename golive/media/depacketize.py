@@ -39,10 +39,11 @@ from golive.media.rtp import (
 
 _SEQ_TS: Final = struct.Struct("!HI")
 
-#: How far (in sequence numbers) packets may run ahead of a missing one before it counts as
-#: lost. Retransmissions the server asked for arrive within about a round trip; at 2 Mbit/s
-#: that is well under 128 packets.
+#: A missing packet counts as lost once packets this far ahead of it (in sequence numbers) or
+#: this much later (in media time) have arrived, whichever comes first. Retransmissions the
+#: server asked for arrive within about a round trip: well under either bound.
 DEFAULT_REORDER_WINDOW: Final = 128
+DEFAULT_MAX_DELAY: Final = 0.5  # seconds
 _INCOMPLETE: Final = object()
 _INVALID: Final = object()
 
@@ -188,10 +189,15 @@ class FrameAssembler:
         depacketize: Depacketizer,
         *,
         window: int = DEFAULT_REORDER_WINDOW,
+        clock_rate: int = 90000,
+        max_delay: float = DEFAULT_MAX_DELAY,
         single_packet_frames: bool = False,
     ) -> None:
         self._depacketize = depacketize
         self._window = window
+        self._max_delay_ticks = int(clock_rate * max_delay)
+        self._newest_ts = 0  # RTP timestamp of the packet with the highest sequence number
+        self._settled_ts = 0  # RTP timestamp of the last frame handed on (or the first packet)
         self._single = single_packet_frames
         self._packets: dict[int, _Packet] = {}  # by extended sequence number
         self._head: int | None = None  # extended sequence number of the next frame's start
@@ -212,11 +218,13 @@ class FrameAssembler:
             self.malformed += 1
             return []
         out: list[Frame | Gap] = []
-        ext = self._extend(seq, out)
+        ext = self._extend(seq, timestamp, out)
         if ext is None:
             return out
         self._packets.setdefault(ext, _Packet(timestamp, bool(packet[1] & 0x80), payload))
-        self._highest = max(self._highest, ext)
+        if ext > self._highest:
+            self._highest = ext
+            self._newest_ts = timestamp
         self._drain(out)
         return out
 
@@ -231,11 +239,12 @@ class FrameAssembler:
 
     # -- sequence numbers ---------------------------------------------------------------------
 
-    def _extend(self, seq: int, out: list[Frame | Gap]) -> int | None:
+    def _extend(self, seq: int, timestamp: int, out: list[Frame | Gap]) -> int | None:
         """The packet's extended sequence number, or None if it is late or a duplicate."""
         if self._head is None:
             self._head = self._highest = seq
             self._boundary = False
+            self._settled_ts = self._newest_ts = timestamp
             return seq
         delta = (seq - self._highest) & 0xFFFF
         if delta >= 0x8000:
@@ -245,6 +254,7 @@ class FrameAssembler:
             out.extend(self.flush())  # a new stream: what was pending of the old one is lost
             self._head = self._highest = ext
             self._boundary = False
+            self._settled_ts = self._newest_ts = timestamp
             return ext
         if ext < self._head:
             return None  # its frame was handed on or given up already
@@ -258,9 +268,17 @@ class FrameAssembler:
             if isinstance(frame_end, int):
                 out.append(self._take(frame_end))
                 continue
-            waiting = frame_end is _INCOMPLETE and self._highest - self._head < self._window
+            waiting = frame_end is _INCOMPLETE and not self._overdue()
             if (waiting and not final) or not self._skip_damaged(out):
                 return
+
+    def _overdue(self) -> bool:
+        """Whether what is missing at the head has waited long enough to count as lost."""
+        assert self._head is not None
+        if self._highest - self._head >= self._window:
+            return True
+        ahead = (self._newest_ts - self._settled_ts) & 0xFFFFFFFF
+        return ahead < 0x80000000 and ahead > self._max_delay_ticks
 
     def _complete_frame(self) -> int | object:
         """The last sequence number of the frame at the head if it is complete; else
@@ -289,6 +307,7 @@ class FrameAssembler:
         self._head = last + 1
         self._boundary = True  # the next packet starts a frame, whatever its payload says
         first = parts[0]
+        self._settled_ts = first.timestamp
         return Frame(
             self._unwrap(first.timestamp),
             b"".join(p.payload.data for p in parts),
@@ -334,6 +353,9 @@ class FrameAssembler:
             del self._packets[e]
         out.append(Gap(max(1, self._count_frames(dropped))))
         self._head = ext
+        following = self._packets.get(ext)
+        if following is not None:
+            self._settled_ts = following.timestamp
         self._boundary = True  # skipped to a packet known to start a frame
 
     @staticmethod

@@ -15,7 +15,9 @@ import asyncio
 import random
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
+import pykka
 import structlog
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtcpSrPacket, RtpPacket
@@ -24,6 +26,7 @@ from golive.actors.base import tell_quietly
 from golive.actors.messages import (
     KeyframeDelivered,
     MediaKind,
+    RecordPacket,
     RoutePhase,
     SessionId,
     TrackInfo,
@@ -77,8 +80,10 @@ class TrackTap:
         self._dropped = metrics.packets_dropped.labels("backpressure")
         self.keyframe_requests = 0
         self.packets_in = 0
+        self._dead_recorder: pykka.ActorRef[Any] | None = None
         receiver.sink = self.on_packet
         receiver.on_sender_report = self.on_sender_report
+        registry.add_keyframe_source(key, self.want_keyframe)
 
     # -- viewers ------------------------------------------------------------------------------
 
@@ -140,6 +145,19 @@ class TrackTap:
             self._dropped.inc(dropped)
         if waiting:
             self.want_keyframe()
+        self._record(data)
+
+    def _record(self, data: bytes) -> None:
+        """Tell the track's recorder (if it has one) the packet: one tell per packet, on the
+        loop; the recorder does the disk work in its own thread."""
+        table = self._registry.routes(self.key)
+        recorder = None if table is None else table.recorder
+        if recorder is None or recorder is self._dead_recorder:
+            return
+        try:
+            recorder.tell(RecordPacket(data))
+        except pykka.ActorDeadError:  # stopped or crashed: the room knows, stop telling it
+            self._dead_recorder = recorder
 
     def on_sender_report(self, report: RtcpSrPacket) -> None:
         """Translate the publisher's NTP-RTP mapping into each viewer's RTP clock and pass it
@@ -192,6 +210,7 @@ class TrackTap:
         self._receiver.request_keyframe()
 
     def close(self) -> None:
+        self._registry.remove_keyframe_source(self.key)
         self._receiver.sink = None
         self._receiver.on_sender_report = None
         if self._deferred is not None:

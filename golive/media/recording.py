@@ -35,7 +35,11 @@ class TrackRecording:
         self.path = path
         self.codec = codec
         self.video = codec.lower().startswith("video/")
-        self._assembler = FrameAssembler(depacketize, single_packet_frames=not self.video)
+        self._assembler = FrameAssembler(
+            depacketize,
+            clock_rate=90000 if self.video else 48000,
+            single_packet_frames=not self.video,
+        )
         self._writer = writer if writer is not None else open_writer(path, codec)
         self._waiting = self.video  # a video recording starts at a keyframe
         self.bytes_written = 0

@@ -87,7 +87,8 @@ def test_an_undisturbed_stream_gives_every_frame_in_order(codec: str) -> None:
     codec=codecs,
     first_seq=seqs,
     first_ts=stamps,
-    swaps=st.lists(st.tuples(st.integers(0, 10_000), st.integers(1, 40)), max_size=60),
+    # At most 12 packets apart: under the assembler's 0.5 s wait in every stream here.
+    swaps=st.lists(st.tuples(st.integers(0, 10_000), st.integers(1, 12)), max_size=60),
     duplicates=st.lists(st.integers(0, 10_000), max_size=30),
 )
 def test_reordering_and_duplicates_lose_nothing(
@@ -173,3 +174,24 @@ def test_vp9_descriptor_with_scalability_structure() -> None:
     # references.
     descriptor = bytes([0x8A, 0x80, 0x01, 0x18, 0x01, 0x40, 0x00, 0xF0, 0x01, 0x08, 0x01, 0x02])
     assert vp9_descriptor_length(descriptor + b"frame") == len(descriptor)
+
+
+def test_a_loss_is_noticed_after_half_a_second_of_media_not_at_the_end() -> None:
+    """One packet per frame: 128 packets would be four seconds; the wait is bounded in media
+    time too, so a recorder can ask for its keyframe at once."""
+    packets = packetize(vp8_frames())
+    lost = 35  # one packet of a delta frame
+    frames = assembler("video/VP8")
+    noticed_at = None
+    for index, packet in enumerate(packets):
+        if index == lost:
+            continue
+        if any(isinstance(item, Gap) for item in frames.push(packet)):
+            noticed_at = index
+            break
+    assert noticed_at is not None
+
+    def seconds(index: int) -> float:
+        return int.from_bytes(packets[index][4:8], "big") / 90000
+
+    assert seconds(noticed_at) - seconds(lost) <= 0.5 + 2 / 30

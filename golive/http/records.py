@@ -1,0 +1,125 @@
+"""``GET /api/records`` and ``GET /records/{name}``: the recordings on disk (contract section 8).
+
+- ``GET /api/records`` lists the recordings of ``RECORD_DIR``, newest first, as Go-Live does:
+  ``[{"name", "size", "modTime", "url"}]``. ``modTime`` is RFC 3339 in UTC with a ``Z``,
+  truncated to whole seconds (``2026-11-24T06:03:00Z``): a form Go's ``time.Time`` JSON
+  itself produces (it omits a zero fraction), which Go and JavaScript's ``Date`` parse, and
+  the precision of an HTTP ``Last-Modified``. ``url`` is relative: ``/records/{name}``.
+- ``GET /records/{name}`` (and ``HEAD``) serves one recording with :class:`web.FileResponse`:
+  ``Range`` (206; 416 with ``Content-Range: bytes */SIZE`` and an empty body),
+  ``If-Modified-Since`` / ``ETag`` (304) and ``HEAD`` come from it. The content type follows
+  the extension (``.ivf``, ``.ogg``, ``.mkv``), the file is offered ``inline`` under its own
+  name, and ``Cache-Control: private`` keeps shared caches from handing it to non-admins.
+
+Both routes are admin-only (``ADMIN_TOKEN``, or nothing configured at all). Contract section
+7 puts ``/records/`` behind auth like the list: a recording is a copy of a room's media, so
+it is no more public than the list that names it. (The security issue may later admit a
+room's own token for that room's recordings.) With ``RECORD_ENABLED`` off, both answer 404
+``{"error": "recording is disabled"}`` before the credential check: ``/api/bootstrap``
+already says publicly whether recording is on.
+
+A name reaches the disk only through :meth:`RecordingStore.find` (a name of the recording
+pattern, a regular file directly in the directory, not a symlink); user input is never
+joined into a path here. So the journal (``RECORD_DIR/.golive/...``), dotfiles,
+subdirectories and any other name are neither listed nor served. ``Accept-Encoding`` is
+withheld from :class:`web.FileResponse`, which would otherwise serve a ``NAME.gz`` or
+``NAME.br`` lying beside the recording in its place: only the recording itself is served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from datetime import UTC, datetime
+from typing import Final
+
+from aiohttp import hdrs, web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.web_request import BaseRequest
+
+from golive.config import Config
+from golive.http.auth import admin_allowed
+from golive.http.errors import Handler, json_error
+from golive.recordings import RecordingFile, RecordingStore
+
+CONTENT_TYPES: Final = {
+    ".ivf": "video/x-ivf",
+    ".ogg": "audio/ogg",
+    ".mkv": "video/x-matroska",
+}
+FALLBACK_CONTENT_TYPE: Final = "application/octet-stream"
+
+
+def add_routes(app: web.Application, config: Config) -> None:
+    """Register the recording routes (always: when recording is off they say so in JSON)."""
+    store = RecordingStore(config.record_dir)
+    app.router.add_get("/api/records", _list(config, store))
+    app.router.add_get("/records/{name}", _serve(config, store))
+
+
+def go_time(mtime: float) -> str:
+    """Seconds since the epoch as RFC 3339 UTC, whole seconds: ``2026-11-24T06:03:00Z``."""
+    return datetime.fromtimestamp(math.floor(mtime), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def record_url(name: str) -> str:
+    return f"/records/{name}"  # the name pattern needs no quoting
+
+
+def record_json(record: RecordingFile) -> dict[str, object]:
+    return {
+        "name": record.name,
+        "size": record.size,
+        "modTime": go_time(record.mtime),
+        "url": record_url(record.name),
+    }
+
+
+def refused(config: Config, request: web.Request) -> web.Response | None:
+    """The answer when recording is off or the caller is not an admin, else None."""
+    if not config.record_enabled:
+        return json_error(404, "recording is disabled")
+    if not admin_allowed(config, request):
+        return json_error(401, "unauthorized", {"WWW-Authenticate": "Bearer"})
+    return None
+
+
+def _list(config: Config, store: RecordingStore) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        refusal = refused(config, request)
+        if refusal is not None:
+            return refusal
+        files = await asyncio.to_thread(store.files)
+        return web.json_response([record_json(record) for record in files])
+
+    return handler
+
+
+class RecordingResponse(web.FileResponse):
+    """A :class:`web.FileResponse` that never swaps in a precompressed ``.gz``/``.br`` sibling."""
+
+    async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
+        headers = request.headers.copy()
+        headers.popall(hdrs.ACCEPT_ENCODING, None)
+        return await super().prepare(request.clone(headers=headers))
+
+
+def _serve(config: Config, store: RecordingStore) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        refusal = refused(config, request)
+        if refusal is not None:
+            return refusal
+        path = await asyncio.to_thread(store.find, request.match_info["name"])
+        if path is None:
+            return json_error(404, "recording not found")
+        return RecordingResponse(
+            path,
+            headers={
+                hdrs.CONTENT_TYPE: CONTENT_TYPES.get(path.suffix, FALLBACK_CONTENT_TYPE),
+                hdrs.CONTENT_DISPOSITION: f'inline; filename="{path.name}"',
+                # only an admin may fetch it: no shared cache may keep a copy for others
+                hdrs.CACHE_CONTROL: "private",
+            },
+        )
+
+    return handler
