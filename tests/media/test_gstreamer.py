@@ -18,7 +18,8 @@ from golive.http import whip
 from golive.http.keys import MEDIA
 from golive.media.peers import PeerSession
 from tests.media.clients import close_all, view
-from tests.support import ServerThread
+from tests.recording.probe import decode_errors, probe
+from tests.support import ServerThread, running_server
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(90)]
 
@@ -136,3 +137,71 @@ async def test_gstreamer_publishes_with_trickle_and_a_viewer_decodes(
             await client.wait()
         if viewer is not None:
             await close_all(viewer)
+
+
+# The H.264 that OBS sends over WHIP: x264 in its high profile, no B-frames, SPS/PPS before
+# every IDR.
+OBS_LIKE_VIDEO = (
+    "videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=30/1 ! "
+    "videoconvert ! queue ! "
+    "x264enc tune=zerolatency bframes=0 key-int-max=60 speed-preset=veryfast ! "
+    "video/x-h264,profile=high ! rtph264pay pt=102 ssrc=2 config-interval=-1 "
+    "aggregate-mode=zero-latency ! queue ! "
+    "application/x-rtp,media=video,encoding-name=H264,payload=102"
+)
+
+
+async def test_obs_like_h264_from_gstreamer_is_recorded_to_a_file_that_plays(
+    shims: Path, tmp_path: Path
+) -> None:
+    record_dir = tmp_path / "records"
+    env = {
+        "ICE_HOST_ADDRESSES": "127.0.0.1",
+        "STUN_URLS": ",",
+        "LOG_LEVEL": "warning",
+        "RECORD_ENABLED": "1",
+        "RECORD_DIR": str(record_dir),
+    }
+    with running_server(env) as server:
+        client = await asyncio.create_subprocess_exec(
+            "whip-client",
+            "-u",
+            f"{server.url}/api/whip/publish/obs",
+            "-A",
+            AUDIO,
+            "-V",
+            OBS_LIKE_VIDEO,
+            "-o",
+            env={
+                **os.environ,
+                "LD_LIBRARY_PATH": str(shims),
+                "LD_PRELOAD": str(shims / "loopback_ifaddrs.so"),
+            },
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            await wait_rooms(server, "len(rooms) == 1 and rooms[0]['tracks'] == 2")
+            video = None
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + DEADLINE
+            while video is None or video.stat().st_size < 50_000:  # a few seconds of video
+                assert loop.time() < deadline, "no video recorded"
+                await asyncio.sleep(0.2)
+                video = next(iter(record_dir.glob("obs_*.mkv")), None)
+            client.send_signal(signal.SIGINT)  # whip-client DELETEs its session
+            await asyncio.wait_for(client.communicate(), DEADLINE)
+            await wait_rooms(server, "rooms == []")
+        finally:
+            if client.returncode is None:
+                client.kill()
+                await client.wait()
+    recorded = sorted(p.suffix for p in record_dir.iterdir() if p.is_file())
+    assert recorded == [".mkv", ".ogg"]
+    for path in record_dir.iterdir():
+        if path.is_file():
+            assert decode_errors(path) == "", path.name
+    found = probe(next(record_dir.glob("obs_*.mkv")))
+    assert (found.codec, found.width, found.height) == ("h264", 320, 240)
+    assert found.frames >= 30
+    assert found.duration == pytest.approx(found.frames / 30, abs=0.2)
