@@ -40,6 +40,7 @@ test: lint typecheck unit
 
 bench: $(STAMP) system-packages
 	$(BIN)/python -m bench.actors
+	$(BIN)/python -m bench.recording
 	$(NETNS) $(BIN)/python -m bench.forwarding
 
 clean:
