@@ -43,6 +43,7 @@ VIDEO_CLOCK: Final = 90000
 OPUS_CLOCK: Final = 48000
 OGG_PAGE_DURATION_US: Final = 250_000
 MATROSKA_CLUSTER_MS: Final = 1000
+MAX_JUMP_SECONDS: Final = 10
 
 _IVF_HEADER: Final = struct.Struct("<4sHH4sHHIIII")
 _IVF_FRAME: Final = struct.Struct("<IQ")
@@ -63,16 +64,24 @@ class TrackWriter(Protocol):
 
 class _Clock:
     """A track's frame timestamps, relative to its first and strictly increasing (a muxer
-    refuses anything else; a publisher restarting its stream may jump back)."""
+    refuses anything else). A jump back, or forward by more than :data:`MAX_JUMP_SECONDS` (a
+    publisher restarting its stream with new timestamps), continues one ``step`` after the last
+    frame instead of leaving a hole or going back."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock_rate: int, step: int) -> None:
+        self._max_jump = MAX_JUMP_SECONDS * clock_rate
+        self._step = step
+        self._shift = 0  # added to every timestamp since the last discontinuity
         self._origin: int | None = None
         self._last = -1
 
     def pts(self, timestamp: int) -> int:
         if self._origin is None:
             self._origin = timestamp
-        pts = max(timestamp - self._origin, self._last + 1)
+        pts = timestamp - self._origin + self._shift
+        if self._last >= 0 and not 0 < pts - self._last <= self._max_jump:
+            self._shift += self._last + self._step - pts
+            pts = self._last + self._step
         self._last = pts
         return pts
 
@@ -146,7 +155,7 @@ class IvfWriter:
         self._fourcc = b"VP90" if codec.lower() == "video/vp9" else b"VP80"
         self._dimensions = vp9_dimensions if self._fourcc == b"VP90" else vp8_dimensions
         self._file: io.BufferedRandom | None = None
-        self._clock = _Clock()
+        self._clock = _Clock(VIDEO_CLOCK, VIDEO_CLOCK // 30)
         self._closed = False
 
     def write(self, frame: Frame) -> int:
@@ -301,7 +310,7 @@ class OggOpusWriter:
             path, "ogg", {"flush_packets": "1", "page_duration": str(OGG_PAGE_DURATION_US)}
         )
         self._stream = self._container.add_stream("libopus", rate=OPUS_CLOCK, layout="stereo")
-        self._clock = _Clock()
+        self._clock = _Clock(OPUS_CLOCK, 960)
         self._closed = False
 
     def write(self, frame: Frame) -> int:
@@ -340,7 +349,7 @@ class MatroskaH264Writer:
         self.frames = 0
         self._container: Any = None
         self._stream: Any = None
-        self._clock = _Clock()
+        self._clock = _Clock(VIDEO_CLOCK, VIDEO_CLOCK // 30)
         self._closed = False
 
     def write(self, frame: Frame) -> int:

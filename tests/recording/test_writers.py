@@ -258,3 +258,23 @@ def test_keyframe_dimensions() -> None:
     assert vp9_dimensions(_depayloaded("video/VP9")[0]) == (WIDTH, HEIGHT)
     assert vp9_dimensions(_depayloaded("video/VP9")[1]) == (0, 0)
     assert vp9_dimensions(b"\x82") == (0, 0)
+
+
+@pytest.mark.parametrize("codec", ["video/VP8", "video/H264", "audio/opus"])
+def test_a_publisher_restarting_its_stream_leaves_no_hole_in_the_file(
+    tmp_path: Path, codec: str
+) -> None:
+    """New sequence numbers and timestamps mid-recording (an encoder restart): the file goes
+    on one frame later instead of jumping hours ahead or back."""
+    encoded = CODECS[codec]()
+    half = len(encoded) // 2
+    if codec.startswith("video"):
+        half = 30  # the second keyframe
+    first = packetize(encoded[:half], first_seq=10, first_ts=1_000)
+    second = packetize(encoded[half:], first_seq=30_000, first_ts=3_000_000_000)
+    path = new_path(tmp_path, codec)
+    recording = record(path, codec, first + second)
+    assert recording.frames == len(encoded)
+    assert decode_errors(path) == ""
+    step = encoded[0].step / (48000 if codec.startswith("audio") else 90000)
+    assert probe(path).duration == pytest.approx(len(encoded) * step, abs=0.05)
