@@ -23,7 +23,7 @@ TELLS = 20_000
 
 
 class _Sink(pykka.ThreadingActor):
-    def on_receive(self, message: object) -> None:
+    def on_receive(self, _message: object) -> None:
         return None
 
 
