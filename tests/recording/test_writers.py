@@ -37,6 +37,7 @@ from tests.recording.streams import (
     vp8_frames,
     vp9_frames,
 )
+from tests.recording.test_assembler import shuffle_locally
 
 CODECS: dict[str, Callable[[], tuple[EncodedFrame, ...]]] = {
     "video/VP8": vp8_frames,
@@ -93,13 +94,24 @@ def test_a_whole_stream_plays_with_every_frame_and_the_right_duration(
     codec=st.sampled_from(sorted(CODECS)),
     lost=st.sets(st.integers(0, 10_000), min_size=1, max_size=8),
     first_seq=st.integers(0, 0xFFFF),
+    first_ts=st.integers(0, 0xFFFFFFFF),
+    swaps=st.lists(st.tuples(st.integers(0, 10_000), st.integers(1, 12)), max_size=20),
+    duplicates=st.lists(st.integers(0, 10_000), max_size=10),
 )
-def test_loss_mid_stream_still_gives_a_clean_file(
-    tmp_path: Path, codec: str, lost: set[int], first_seq: int
+def test_loss_reordering_and_duplicates_still_give_a_clean_file(  # noqa: PLR0913, PLR0917  drawn by hypothesis
+    tmp_path: Path,
+    codec: str,
+    lost: set[int],
+    first_seq: int,
+    first_ts: int,
+    swaps: list[tuple[int, int]],
+    duplicates: list[int],
 ) -> None:
-    packets = packetize(CODECS[codec](), first_seq=first_seq, first_ts=123)
+    packets = packetize(CODECS[codec](), first_seq=first_seq, first_ts=first_ts)
     lost_indexes = {1 + index % (len(packets) - 1) for index in lost}  # the start survives
-    kept = [p for i, p in enumerate(packets) if i not in lost_indexes]
+    kept = shuffle_locally([p for i, p in enumerate(packets) if i not in lost_indexes], swaps)
+    for index in duplicates:
+        kept.insert(min(len(kept), index % len(kept) + 3), kept[index % len(kept)])
     path = new_path(tmp_path, codec, f"loss_{first_seq}_{len(lost)}")
     recording = record(path, codec, kept)
     if recording.frames == 0:  # every keyframe was hit: nothing playable (the recorder drops it)
