@@ -98,7 +98,7 @@ def test_a_whole_stream_plays_with_every_frame_and_the_right_duration(
     swaps=st.lists(st.tuples(st.integers(0, 10_000), st.integers(1, 12)), max_size=20),
     duplicates=st.lists(st.integers(0, 10_000), max_size=10),
 )
-def test_loss_reordering_and_duplicates_still_give_a_clean_file(  # noqa: PLR0913, PLR0917  drawn by hypothesis
+def test_loss_reordering_and_duplicates_still_give_a_clean_file(  # noqa: PLR0917  drawn by hypothesis
     tmp_path: Path,
     codec: str,
     lost: set[int],
