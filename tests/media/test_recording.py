@@ -16,10 +16,12 @@ from aiortc import RTCPeerConnection, RTCRtpSender
 from aiortc.mediastreams import AudioStreamTrack
 from aiortc.rtp import is_rtcp
 
+from golive.media import hooks
 from tests.media.clients import PatternTrack, close_all, delete, post_offer
 from tests.recording.probe import decode_errors, probe
 from tests.s3 import ACCESS_KEY, SECRET_KEY, S3Server, free_port
 from tests.support import ServerThread, metric_samples, running_server, wait_until
+from tests.test_server import Golive, environment, python_m
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
 DEADLINE = 30.0
@@ -242,3 +244,33 @@ async def test_recordings_are_uploaded_and_deleted_by_s3_settings_alone(
             local = tmp_path / Path(key).name
             local.write_bytes(data)
             assert decode_errors(local) == ""
+
+
+# ------------------------------------------------------------------ golive as `make run` runs it
+
+
+async def test_a_golive_process_stopped_mid_stream_leaves_recordings_that_play(
+    tmp_path: Path,
+) -> None:
+    """`RECORD_ENABLED=1 make run` on its defaults (RECORD_DIR=records, relative), a publisher
+    still sending when the operator stops golive with SIGTERM: the shutdown finalizes every
+    file, and each plays."""
+    env = environment({"RECORD_ENABLED": "1", "ICE_HOST_ADDRESSES": "127.0.0.1", "STUN_URLS": ","})
+    hooks.install(("127.0.0.1",))  # this process's aiortc publisher gathers on loopback too
+    golive = Golive(python_m(), env, tmp_path)
+    try:
+        url = await asyncio.to_thread(golive.wait_listening)
+        publisher = await publish_counting(url, "live", "video/VP8")
+        try:
+            await until(lambda: len(publisher.sent.video_frames) >= 2 * FPS, "two seconds")
+            assert await asyncio.to_thread(golive.stop) == 0
+        finally:
+            await close_all(publisher.pc)
+    finally:
+        golive.kill()
+    files = recordings(tmp_path / "records")
+    assert sorted(files) == [".ivf", ".ogg"]
+    for path in files.values():
+        assert path.name.startswith("live_")
+        assert decode_errors(path) == "", path.name
+    assert probe(files[".ivf"]).frames >= 2 * FPS - 3
