@@ -75,6 +75,8 @@ DEFAULT_ACTOR_TIMEOUT_SECONDS: Final = 5.0
 DEFAULT_UPLOAD_RETRY_BASE_SECONDS: Final = 1.0
 DEFAULT_UPLOAD_RETRY_MAX_SECONDS: Final = 60.0
 DEFAULT_UPLOAD_MAX_ATTEMPTS: Final = 10
+DEFAULT_MAX_SESSIONS: Final = 2000
+DEFAULT_MAX_PENDING_NEGOTIATIONS: Final = 64
 
 #: Room names, as in the HTTP routes (contract section 2).
 ROOM_NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -330,6 +332,23 @@ def _parse_ip_list(var: str, s: str) -> tuple[str, ...]:
     return tuple(addresses)
 
 
+def _parse_networks(var: str, s: str) -> tuple[str, ...]:
+    """Comma-separated IP addresses or CIDR networks (``10.0.0.0/8, 192.0.2.7``)."""
+    networks: list[str] = []
+    for item in (i.strip() for i in s.split(",")):
+        if not item:
+            continue
+        try:
+            network = ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ConfigError(
+                var, f"expected comma-separated IP addresses or networks, got {_show(item)}"
+            ) from None
+        if str(network) not in networks:
+            networks.append(str(network))
+    return tuple(networks)
+
+
 def _parse_s3_endpoint(var: str, s: str) -> str:
     text = s.strip()
     if not text:
@@ -411,6 +430,9 @@ class Config:
     upload_retry_base_seconds: float = DEFAULT_UPLOAD_RETRY_BASE_SECONDS
     upload_retry_max_seconds: float = DEFAULT_UPLOAD_RETRY_MAX_SECONDS
     upload_max_attempts: int = DEFAULT_UPLOAD_MAX_ATTEMPTS
+    trusted_proxies: tuple[str, ...] = ()  # networks whose X-Forwarded-For is believed
+    max_sessions: int = DEFAULT_MAX_SESSIONS  # 0 = no limit
+    max_pending_negotiations: int = DEFAULT_MAX_PENDING_NEGOTIATIONS  # 0 = no limit
 
     def __post_init__(self) -> None:
         if not isinstance(self.room_tokens, MappingProxyType):
@@ -524,6 +546,14 @@ class Config:
             upload_max_attempts=_parse_int(
                 "UPLOAD_MAX_ATTEMPTS", get("UPLOAD_MAX_ATTEMPTS"), DEFAULT_UPLOAD_MAX_ATTEMPTS, 1
             ),
+            trusted_proxies=_parse_networks("TRUSTED_PROXIES", get("TRUSTED_PROXIES")),
+            max_sessions=_parse_int("MAX_SESSIONS", get("MAX_SESSIONS"), DEFAULT_MAX_SESSIONS, 0),
+            max_pending_negotiations=_parse_int(
+                "MAX_PENDING_NEGOTIATIONS",
+                get("MAX_PENDING_NEGOTIATIONS"),
+                DEFAULT_MAX_PENDING_NEGOTIATIONS,
+                0,
+            ),
         )
 
     # ---------------------------------------------------------------- derived values
@@ -619,6 +649,9 @@ class Config:
             "UPLOAD_RETRY_BASE_SECONDS": self.upload_retry_base_seconds,
             "UPLOAD_RETRY_MAX_SECONDS": self.upload_retry_max_seconds,
             "UPLOAD_MAX_ATTEMPTS": self.upload_max_attempts,
+            "TRUSTED_PROXIES": list(self.trusted_proxies),
+            "MAX_SESSIONS": self.max_sessions,
+            "MAX_PENDING_NEGOTIATIONS": self.max_pending_negotiations,
         }
 
 

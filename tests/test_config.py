@@ -73,6 +73,9 @@ ALL_VARIABLES = frozenset(
         "UPLOAD_RETRY_BASE_SECONDS",
         "UPLOAD_RETRY_MAX_SECONDS",
         "UPLOAD_MAX_ATTEMPTS",
+        "TRUSTED_PROXIES",
+        "MAX_SESSIONS",
+        "MAX_PENDING_NEGOTIATIONS",
     }
 )
 
@@ -132,6 +135,9 @@ FULL_ENV = {
     "UPLOAD_RETRY_BASE_SECONDS": "0.5",
     "UPLOAD_RETRY_MAX_SECONDS": "30",
     "UPLOAD_MAX_ATTEMPTS": "4",
+    "TRUSTED_PROXIES": "10.0.0.0/8, 192.0.2.7",
+    "MAX_SESSIONS": "500",
+    "MAX_PENDING_NEGOTIATIONS": "8",
 }
 
 
@@ -448,6 +454,9 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("UPLOAD_RETRY_BASE_SECONDS", "0"),
     ("UPLOAD_RETRY_MAX_SECONDS", "forever"),
     ("UPLOAD_MAX_ATTEMPTS", "0"),
+    ("TRUSTED_PROXIES", "proxy.local"),
+    ("MAX_SESSIONS", "-1"),
+    ("MAX_PENDING_NEGOTIATIONS", "many"),
 ]
 
 

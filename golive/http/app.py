@@ -21,6 +21,8 @@ from golive.http.auth import admin_allowed, client_auth_configured
 from golive.http.cors import cors_middleware
 from golive.http.errors import error_middleware, json_error
 from golive.http.keys import CONFIG, MEDIA, METRICS, ROOMS
+from golive.http.openapi import add_routes as add_openapi_routes
+from golive.http.ratelimit import rate_limit_middleware
 from golive.http.records import add_routes as add_record_routes
 from golive.http.whip import add_routes as add_whip_routes
 from golive.media import hooks
@@ -34,9 +36,11 @@ log = structlog.get_logger(__name__)
 
 
 def create_app(config: Config, *, metrics: Metrics | None = None) -> web.Application:
-    # CORS is outermost, so that errors (JSON, from error_middleware) carry its headers too.
+    # CORS is outermost, so that errors (JSON, from error_middleware) carry its headers too;
+    # rate limiting runs before any handler does work.
     app = web.Application(
-        middlewares=[cors_middleware(config), error_middleware], client_max_size=1 << 20
+        middlewares=[cors_middleware(config), error_middleware, rate_limit_middleware(config)],
+        client_max_size=1 << 20,
     )
     app[CONFIG] = config
     app[METRICS] = metrics if metrics is not None else create_metrics()
@@ -48,6 +52,7 @@ def create_app(config: Config, *, metrics: Metrics | None = None) -> web.Applica
     app.router.add_post("/api/admin/rooms/{room}/close", admin_close_room)
     add_whip_routes(app, config)
     add_record_routes(app, config)
+    add_openapi_routes(app)
     return app
 
 
