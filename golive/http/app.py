@@ -20,7 +20,8 @@ from golive.config import Config
 from golive.http.auth import admin_allowed, client_auth_configured
 from golive.http.cors import cors_middleware
 from golive.http.errors import error_middleware, json_error
-from golive.http.keys import CONFIG, MEDIA, METRICS, ROOMS
+from golive.http.keys import CONFIG, LIMITS, MEDIA, METRICS, ROOMS
+from golive.http.limits import AdmissionLimits
 from golive.http.openapi import add_routes as add_openapi_routes
 from golive.http.ratelimit import rate_limit_middleware
 from golive.http.records import add_routes as add_record_routes
@@ -44,6 +45,9 @@ def create_app(config: Config, *, metrics: Metrics | None = None) -> web.Applica
     )
     app[CONFIG] = config
     app[METRICS] = metrics if metrics is not None else create_metrics()
+    app[LIMITS] = AdmissionLimits(
+        max_sessions=config.max_sessions, max_pending=config.max_pending_negotiations
+    )
     app.cleanup_ctx.append(_actors)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from golive.config import Config
+from golive.http.limits import AdmissionLimits
 from golive.media.peers import MediaHub
 from golive.metrics import Metrics
 from golive.rooms import RoomService
@@ -13,3 +14,4 @@ CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
 ROOMS = web.AppKey("rooms", RoomService)
 MEDIA = web.AppKey("media", MediaHub)
+LIMITS = web.AppKey("limits", AdmissionLimits)

@@ -22,8 +22,10 @@ from golive.actors.messages import (
     parse_room_name,
 )
 from golive.config import Config
+from golive.http.auth import NotOwnerError, forbidden, owns, room_principal, unauthorized
 from golive.http.errors import Handler, json_error
-from golive.http.keys import MEDIA, ROOMS
+from golive.http.keys import LIMITS, MEDIA, METRICS, ROOMS
+from golive.http.limits import Busy
 from golive.media.peers import Answered, InvalidOfferError, PeerSession
 
 log = structlog.get_logger(__name__)
@@ -72,9 +74,9 @@ def add_routes(app: web.Application, config: Config) -> None:
         resource = f"{base}/{{room}}/{{session}}"
         app.router.add_post(endpoint, _post(role, base, config))
         app.router.add_route("OPTIONS", endpoint, _options_endpoint(config))
-        app.router.add_patch(resource, _patch(role))
-        app.router.add_delete(resource, _delete(role))
-        app.router.add_get(resource, _get(role))
+        app.router.add_patch(resource, _patch(role, config))
+        app.router.add_delete(resource, _delete(role, config))
+        app.router.add_get(resource, _get(role, config))
         app.router.add_route("OPTIONS", resource, _options_resource)
 
 
@@ -93,19 +95,28 @@ async def _options_resource(_request: web.Request) -> web.StreamResponse:
 
 
 def _post(role: Role, base: str, config: Config) -> Handler:
-    async def post(request: web.Request) -> web.StreamResponse:
+    async def post(request: web.Request) -> web.StreamResponse:  # noqa: PLR0911  an outcome each
         room = parse_room_name(request.match_info["room"])
         if room is None:
             return json_error(400, "invalid room name")
+        principal = room_principal(config, request, room)
+        if principal is None:
+            log.info("unauthorized", room=room, role=role.value)
+            return unauthorized()
         offer = await _read_offer(request)
         if isinstance(offer, web.Response):
             return offer
         hub = request.app[MEDIA]
         try:
-            if role is Role.PUBLISHER:
-                result = await hub.publish(room, offer)
-            else:
-                result = await hub.play(room, offer)
+            with request.app[LIMITS].negotiation(len(request.app[ROOMS].registry)):
+                if role is Role.PUBLISHER:
+                    result = await hub.publish(room, offer)
+                else:
+                    result = await hub.play(room, offer)
+        except Busy as busy:
+            request.app[METRICS].join_refusals.labels(role.value, busy.reason).inc()
+            log.warning("offer refused: overloaded", room=room, role=role.value, why=busy.reason)
+            return busy.response
         except InvalidOfferError as exc:
             log.info("offer refused", room=room, role=role.value, problem=str(exc))
             return json_error(400, "invalid SDP")
@@ -113,6 +124,7 @@ def _post(role: Role, base: str, config: Config) -> Handler:
             return refusal_response(result.reason)
         assert isinstance(result, Answered)
         peer = result.session
+        peer.owner = principal.identity
         log.info("session answered", room=room, session=peer.session, role=role.value)
         response = web.Response(
             status=201,
@@ -133,15 +145,28 @@ async def _read_offer(request: web.Request) -> str | web.Response:
     """The SDP offer of a POST, or the error response (415, 413, 400) to send instead."""
     if request.content_type != SDP:
         return json_error(415, f"Content-Type must be {SDP}")
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        return json_error(413, "request body too large")
-    body = await request.content.read(MAX_BODY + 1)
-    if len(body) > MAX_BODY:
-        return json_error(413, "request body too large")
+    body = await read_body(request)
+    if isinstance(body, web.Response):
+        return body
     try:
         return body.decode()
     except UnicodeDecodeError:
         return json_error(400, "invalid SDP")
+
+
+async def read_body(request: web.Request) -> bytes | web.Response:
+    """The whole body, or 413 once it exceeds :data:`MAX_BODY` (it arrives in chunks: one
+    ``read`` may return only part of it)."""
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        return json_error(413, "request body too large")
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(MAX_BODY + 1 - size):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_BODY:
+            return json_error(413, "request body too large")
+    return b"".join(chunks)
 
 
 def _session(request: web.Request, role: Role) -> PeerSession | None:
@@ -151,14 +176,27 @@ def _session(request: web.Request, role: Role) -> PeerSession | None:
     return peer
 
 
+def _owned_session(request: web.Request, role: Role, config: Config) -> PeerSession | web.Response:
+    """The session of a resource request, or the answer to send instead: 404 unknown, 401 no
+    valid credential, 403 someone else's (an admin may act on any)."""
+    peer = _session(request, role)
+    if peer is None:
+        return json_error(404, "session not found")
+    try:
+        principal = owns(config, request, peer.room, peer.owner)
+    except NotOwnerError:
+        return forbidden()
+    return unauthorized() if principal is None else peer
+
+
 _UFRAG = re.compile(r"^a=ice-ufrag:(\S+)", re.MULTILINE)
 
 
-def _patch(role: Role) -> Handler:
-    async def patch(request: web.Request) -> web.StreamResponse:
-        peer = _session(request, role)
-        if peer is None:
-            return json_error(404, "session not found")
+def _patch(role: Role, config: Config) -> Handler:
+    async def patch(request: web.Request) -> web.StreamResponse:  # noqa: PLR0911  an outcome each
+        peer = _owned_session(request, role, config)
+        if isinstance(peer, web.Response):
+            return peer
         if request.content_type != TRICKLE:
             return json_error(415, f"Content-Type must be {TRICKLE}")
         if_match = request.headers.get("If-Match")
@@ -166,7 +204,10 @@ def _patch(role: Role) -> Handler:
             return json_error(428, "If-Match is required")
         if if_match not in ("*", peer.etag):
             return json_error(412, "ETag does not match")
-        fragment = (await request.content.read(MAX_BODY)).decode(errors="replace")
+        body = await read_body(request)
+        if isinstance(body, web.Response):
+            return body
+        fragment = body.decode(errors="replace")
         remote = peer.pc.remoteDescription
         ufrags = set(_UFRAG.findall(fragment))
         known = set(_UFRAG.findall(remote.sdp)) if remote is not None else set()
@@ -192,7 +233,7 @@ async def _add_candidates(peer: PeerSession, fragment: str) -> None:
         elif line.startswith("a=candidate:"):
             try:
                 candidate = candidate_from_sdp(line[len("a=") :])
-            except (ValueError, IndexError):
+            except (ValueError, IndexError, AssertionError):  # aiortc asserts on some garbage
                 continue
             candidate.sdpMid = mid
             candidate.sdpMLineIndex = max(index, 0) if mid is None else None
@@ -204,11 +245,11 @@ async def _add_candidates(peer: PeerSession, fragment: str) -> None:
             await peer.pc.addIceCandidate(None)
 
 
-def _delete(role: Role) -> Handler:
+def _delete(role: Role, config: Config) -> Handler:
     async def delete(request: web.Request) -> web.StreamResponse:
-        peer = _session(request, role)
-        if peer is None:
-            return json_error(404, "session not found")
+        peer = _owned_session(request, role, config)
+        if isinstance(peer, web.Response):
+            return peer
         reply = await request.app[ROOMS].leave(peer.session, EndReason.CLIENT_LEFT)
         if isinstance(reply, Done):
             return web.Response(status=200)
@@ -217,10 +258,11 @@ def _delete(role: Role) -> Handler:
     return delete
 
 
-def _get(role: Role) -> Handler:
+def _get(role: Role, config: Config) -> Handler:
     async def get(request: web.Request) -> web.StreamResponse:
-        if _session(request, role) is None:
-            return json_error(404, "session not found")
+        peer = _owned_session(request, role, config)
+        if isinstance(peer, web.Response):
+            return peer
         return web.Response(status=204)
 
     return get

@@ -69,6 +69,7 @@ class PeerSession:
     taps: list[TrackTap] = field(default_factory=list)  # published (publisher) or fed by
     ended: EndReason | None = None
     transport_end: EndReason | None = None  # why the transport went down, seen first
+    owner: str = ""  # the creator's identity (golive.http.auth.Principal.identity)
 
     def close(self, reason: EndReason) -> None:
         """The session ended (the actors decided): detach and close the peer connection."""
