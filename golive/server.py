@@ -11,13 +11,14 @@ import asyncio
 import os
 import signal
 import ssl
+import sys
 
 import pykka.debug
 import structlog
 from aiohttp import web
 
 from golive import __version__
-from golive.config import Config, load_or_exit
+from golive.config import Config, ConfigError, load_or_exit
 from golive.http.app import create_app
 from golive.logs import configure_logging
 
@@ -28,19 +29,43 @@ FORCED_EXIT_STATUS = 1
 
 def main() -> int:
     config = load_or_exit(os.environ)
+    try:
+        context = tls_context(config)
+    except ConfigError as error:  # before anything starts: one line, status 2, as for config
+        sys.stderr.write(f"golive: invalid configuration: {error}\n")
+        return 2
     configure_logging(config.log_level, config.log_format, config.secrets())
-    return asyncio.run(serve(config))
+    return asyncio.run(serve(config, ssl_context=context))
 
 
 def tls_context(config: Config) -> ssl.SSLContext | None:
+    """The server's TLS context, or None without TLS. Raises :class:`ConfigError` naming the
+    variable when a file cannot be read or the key does not fit the certificate."""
     if config.tls_cert_file is None or config.tls_key_file is None:
         return None
+    for variable, path in (
+        ("TLS_CERT_FILE", config.tls_cert_file),
+        ("TLS_KEY_FILE", config.tls_key_file),
+    ):
+        if not path.is_file():
+            raise ConfigError(variable, f"no readable file at {str(path)!r}")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+    try:
+        context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "reason", None) or type(exc).__name__
+        raise ConfigError(
+            "TLS_CERT_FILE", f"cannot load the certificate and key (TLS_KEY_FILE): {reason}"
+        ) from None
     return context
 
 
-async def serve(config: Config, started: asyncio.Event | None = None) -> int:
+async def serve(
+    config: Config,
+    started: asyncio.Event | None = None,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+) -> int:
     """Serve until SIGTERM/SIGINT, then shut down in stages. Returns the exit status."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -59,7 +84,10 @@ async def serve(config: Config, started: asyncio.Event | None = None) -> int:
     )
     await runner.setup()
     site = web.TCPSite(
-        runner, host=config.http_host, port=config.http_port, ssl_context=tls_context(config)
+        runner,
+        host=config.http_host,
+        port=config.http_port,
+        ssl_context=ssl_context if ssl_context is not None else tls_context(config),
     )
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
