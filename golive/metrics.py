@@ -38,6 +38,7 @@ class Metrics:
     uploads: Counter  # golive_uploads_total{outcome}
     upload_retries: Counter  # golive_upload_retries_total
     uploads_pending: Gauge  # golive_uploads_pending
+    rate_limited: Counter  # golive_http_rate_limited_total{method}
 
     def forget_room(self, room: str) -> None:
         """Drop a finished room's label values, so label cardinality stays bounded."""
@@ -152,6 +153,12 @@ def create_metrics() -> Metrics:
         uploads_pending=Gauge(
             "golive_uploads_pending",
             "Recordings waiting to be uploaded (queued, in flight or backing off).",
+            registry=registry,
+        ),
+        rate_limited=Counter(
+            "golive_http_rate_limited",
+            "Requests refused with 429 by the per-client-IP rate limit, by method.",
+            ["method"],
             registry=registry,
         ),
     )

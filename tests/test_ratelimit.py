@@ -36,7 +36,7 @@ from golive.http.ratelimit import (
     retry_after_seconds,
     trusted_networks,
 )
-from tests.support import ServerThread, running_server
+from tests.support import ServerThread, labelled, metric_samples, running_server
 
 
 class FakeClock:
@@ -460,7 +460,7 @@ def publish(server: ServerThread, headers: Mapping[str, str] | None = None) -> i
 
 @pytest.mark.timeout(60)
 def test_the_third_post_is_refused_with_retry_after_and_cors() -> None:
-    env = {"RATE_LIMIT_RPS": "1", "RATE_LIMIT_BURST": "2", "ALLOWED_ORIGIN": "*"}
+    env = {"RATE_LIMIT_RPS": "0.2", "RATE_LIMIT_BURST": "2", "ALLOWED_ORIGIN": "*"}
     with running_server(env) as server:
         # Let through: the handler refuses the body (415), so the limiter ran first.
         assert publish(server) == 415
@@ -468,7 +468,7 @@ def test_the_third_post_is_refused_with_retry_after_and_cors() -> None:
         reply = send(server, "POST", PUBLISH, {"Origin": "https://example.com"})
         assert reply.status == 429
         assert reply.json() == {"error": "too many requests"}
-        assert reply.headers["Retry-After"] == "1"
+        assert reply.headers["Retry-After"] == "5"
         assert reply.headers["Access-Control-Allow-Origin"] == "*"
         assert "Location" in reply.headers["Access-Control-Expose-Headers"]
         # Nothing was created: no room.
@@ -486,6 +486,12 @@ def test_patch_delete_and_unknown_routes_share_the_bucket() -> None:
             reply = send(server, method, path)
             assert reply.status == 429
             assert reply.headers["Retry-After"] == "20"
+        samples = metric_samples(server.get("/metrics")[1].decode())
+        assert labelled(samples, "golive_http_rate_limited_total", "method") == {
+            "POST": 1,
+            "PATCH": 1,
+            "DELETE": 1,
+        }
 
 
 @pytest.mark.timeout(60)

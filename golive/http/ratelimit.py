@@ -46,6 +46,7 @@ from aiohttp.typedefs import Middleware
 
 from golive.config import Config
 from golive.http.errors import Handler, json_error
+from golive.http.keys import METRICS
 
 __all__ = [
     "DEFAULT_MAX_ENTRIES",
@@ -262,6 +263,9 @@ def rate_limit_middleware(config: Config, *, clock: Clock = time.monotonic) -> M
                 path=request.path,
                 retry_after=retry_after,
             )
+            metrics = request.app.get(METRICS)
+            if metrics is not None:
+                metrics.rate_limited.labels(request.method).inc()
             return json_error(429, TOO_MANY_REQUESTS, {"Retry-After": str(retry_after)})
         return await handler(request)
 
