@@ -61,12 +61,18 @@ def reference(codec: str, first_seq: int, first_ts: int) -> list[Frame]:
 
 
 def shuffle_locally(packets: list[bytes], swaps: list[tuple[int, int]]) -> list[bytes]:
-    """Packets reordered by swapping pairs at most ``distance`` apart. The first packet stays
-    first: nothing can tell that an earlier one is still on its way when a stream starts."""
+    """Packets reordered by swapping pairs at most ``distance`` apart, each packet moved at
+    most once (so no packet ends up further from its place than one swap takes it). The first
+    packet stays first: nothing can tell that an earlier one is still on its way when a
+    stream starts."""
     out = list(packets)
+    moved: set[int] = set()
     for index, distance in swaps:
         i = 1 + index % (len(out) - 1)
         j = min(len(out) - 1, i + distance)
+        if i in moved or j in moved:
+            continue
+        moved |= {i, j}
         out[i], out[j] = out[j], out[i]
     return out
 
@@ -82,13 +88,14 @@ def test_an_undisturbed_stream_gives_every_frame_in_order(codec: str) -> None:
     assert frames[0].keyframe
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     codec=codecs,
     first_seq=seqs,
     first_ts=stamps,
-    # At most 12 packets apart: under the assembler's 0.5 s wait in every stream here.
-    swaps=st.lists(st.tuples(st.integers(0, 10_000), st.integers(1, 12)), max_size=60),
+    # At most 6 packets apart: even a late packet and an early one together stay under the
+    # assembler's 0.5 s wait in every stream here (15 frames of 1-packet video).
+    swaps=st.lists(st.tuples(st.integers(0, 10_000), st.integers(1, 6)), max_size=60),
     duplicates=st.lists(st.integers(0, 10_000), max_size=30),
 )
 def test_reordering_and_duplicates_lose_nothing(
