@@ -53,12 +53,10 @@ OPEN: Final = Principal(identity="")
 def presented_token(request: web.Request) -> str | None:
     """The credential of a request: ``X-Auth-Token``, else ``Authorization: Bearer``."""
     token = request.headers.get("X-Auth-Token", "").strip()
-    if token:
-        return token
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return None
+    if not token:
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        token = value.strip() if scheme.lower() == "bearer" else ""
+    return token or None
 
 
 def client_auth_configured(config: Config) -> bool:
@@ -72,17 +70,22 @@ def auth_configured(config: Config) -> bool:
 
 
 def same_secret(presented: str, expected: str) -> bool:
-    return hmac.compare_digest(presented.encode(), expected.encode())
+    # aiohttp decodes header bytes that are not UTF-8 with surrogateescape: encode them back
+    # the same way rather than fail (such a token simply matches nothing).
+    return hmac.compare_digest(
+        presented.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape")
+    )
 
 
 def _digest(kind: str, value: str) -> str:
-    return hashlib.sha256(f"{kind}\0{value}".encode()).hexdigest()
+    # (a JWT's sub may hold lone surrogates: JSON allows "\ud800")
+    return hashlib.sha256(f"{kind}\0{value}".encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _jwt_claims(config: Config, token: str) -> dict[str, Any] | None:
     """The claims of a valid JWT, or None (bad signature, expired, not yet valid, wrong
     audience, not a JWT at all)."""
-    if not config.jwt_secret or token.count(".") != 2:  # header.payload.signature
+    if not config.jwt_secret or not token.isascii() or token.count(".") != 2:
         return None
     try:
         with warnings.catch_warnings():

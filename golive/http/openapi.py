@@ -598,7 +598,7 @@ OPENAPI: Final[dict[str, Any]] = {
                 "security": _PUBLIC,
                 "responses": {
                     "200": _json(
-                        "Every room ( `tracks` is a count, `trackList` the tracks).",
+                        "Every room (`tracks` is a count, `trackList` the tracks).",
                         {"type": "array", "items": _ref("schemas", "Room")},
                     ),
                     "503": _ref("responses", "ServiceUnavailable"),

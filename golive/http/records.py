@@ -36,6 +36,7 @@ from typing import Final
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.web_request import BaseRequest
+from multidict import CIMultiDict
 
 from golive.config import Config
 from golive.http.auth import admin_allowed
@@ -99,9 +100,22 @@ class RecordingResponse(web.FileResponse):
     """A :class:`web.FileResponse` that never swaps in a precompressed ``.gz``/``.br`` sibling."""
 
     async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
-        headers = request.headers.copy()
-        headers.popall(hdrs.ACCEPT_ENCODING, None)
+        # (Headers aiohttp cannot re-encode for the clone are left out: none matters here.)
+        headers = CIMultiDict(
+            (name, value)
+            for name, value in request.headers.items()
+            if name.lower() != hdrs.ACCEPT_ENCODING.lower() and _encodable(name, value)
+        )
         return await super().prepare(request.clone(headers=headers))
+
+
+def _encodable(name: str, value: str) -> bool:
+    try:
+        name.encode()
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _serve(config: Config, store: RecordingStore) -> Handler:

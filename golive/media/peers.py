@@ -91,10 +91,22 @@ def parse_offer(sdp: str) -> SessionDescription:
         raise InvalidOfferError("an SDP offer starts with v=0")
     try:
         parsed = SessionDescription.parse(sdp)
-    except (ValueError, KeyError, IndexError) as exc:
-        raise InvalidOfferError(f"unparsable SDP: {exc}") from exc
-    if not any(m.kind in ("audio", "video") for m in parsed.media):
+    except Exception as exc:  # aiortc's parser asserts, and raises anything on garbage
+        raise InvalidOfferError(f"unparsable SDP: {type(exc).__name__}: {exc}") from exc
+    media = [m for m in parsed.media if m.kind in ("audio", "video")]
+    if not media:
         raise InvalidOfferError("no audio or video section")
+    for section in media:
+        # Without these aiortc accepts the offer and its connect task dies unreported,
+        # leaving a session (and a room) that never connects nor fails.
+        if section.dtls is None or not section.dtls.fingerprints:
+            raise InvalidOfferError("a media section has no DTLS fingerprint or setup")
+        if section.ice is None or not section.ice.usernameFragment or not section.ice.password:
+            raise InvalidOfferError("a media section has no ICE credentials")
+    mids = {m.rtp.muxId for m in parsed.media if m.rtp.muxId}
+    for group in parsed.group:
+        if group.semantic == "BUNDLE" and not {str(item) for item in group.items} <= mids:
+            raise InvalidOfferError("a BUNDLE group names a media section that does not exist")
     return parsed
 
 
@@ -322,7 +334,12 @@ class MediaHub:
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("closing a peer connection failed", error=repr(task.exception()))
 
     async def shutdown(self) -> None:
         """Wait for peer connections being closed (sessions are ended by the actors)."""
