@@ -7,9 +7,20 @@ update them from their own threads.
 
 from __future__ import annotations
 
+import asyncio
+import queue
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+import pykka
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+#: Seconds from an offer's POST to a milestone of its session (buckets for a join's stages).
+SETUP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0)
+#: How late the event loop runs a callback scheduled for now: the packet path's health.
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +50,8 @@ class Metrics:
     upload_retries: Counter  # golive_upload_retries_total
     uploads_pending: Gauge  # golive_uploads_pending
     rate_limited: Counter  # golive_http_rate_limited_total{method}
+    session_setup: Histogram  # golive_session_setup_seconds{role,stage}
+    loop_lag: Histogram  # golive_event_loop_lag_seconds
 
     def forget_room(self, room: str) -> None:
         """Drop a finished room's label values, so label cardinality stays bounded."""
@@ -52,8 +65,53 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+LAG_INTERVAL = 0.5
+
+
+async def watch_loop_lag(histogram: Histogram, interval: float = LAG_INTERVAL) -> None:
+    """Sample, until cancelled, how late the running loop wakes a sleeper: a loop busy with
+    packets or blocked by a slow call shows here before anything else does."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + interval
+        await asyncio.sleep(interval)
+        histogram.observe(max(0.0, loop.time() - due))
+
+
+class ActorCollector(Collector):
+    """Actors alive and messages waiting in their mailboxes, by kind, read at scrape time
+    from pykka's registry (a mailbox that keeps growing is an actor that cannot keep up).
+    pykka's registry is process-wide: with several servers in one process (tests), each
+    reports them all."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        alive: dict[str, int] = {}
+        waiting: dict[str, int] = {}
+        for ref in pykka.ActorRegistry.get_all():
+            kind = str(getattr(ref.actor_class, "actor_kind", ref.actor_class.__name__))
+            alive[kind] = alive.get(kind, 0) + 1
+            inbox = ref.actor_inbox  # a queue.Queue for pykka's threading actors
+            depth = inbox.qsize() if isinstance(inbox, queue.Queue) else 0
+            waiting[kind] = waiting.get(kind, 0) + depth
+        actors = GaugeMetricFamily("golive_actors", "Actors alive, by kind.", labels=["actor"])
+        mailbox = GaugeMetricFamily(
+            "golive_actor_mailbox_messages",
+            "Messages waiting in the mailboxes of actors of a kind (summed).",
+            labels=["actor"],
+        )
+        for kind in sorted(alive):
+            actors.add_metric([kind], alive[kind])
+            mailbox.add_metric([kind], waiting[kind])
+        yield actors
+        yield mailbox
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
+
+
 def create_metrics() -> Metrics:
     registry = CollectorRegistry()
+    registry.register(ActorCollector())
     return Metrics(
         registry=registry,
         rooms=Gauge("live_rooms", "Rooms that currently exist.", registry=registry),
@@ -159,6 +217,21 @@ def create_metrics() -> Metrics:
             "golive_http_rate_limited",
             "Requests refused with 429 by the per-client-IP rate limit, by method.",
             ["method"],
+            registry=registry,
+        ),
+        session_setup=Histogram(
+            "golive_session_setup_seconds",
+            "Seconds from a session's offer (POST) to a stage of its setup: connected (ICE and "
+            "DTLS up), first_keyframe (a viewer's first video frame sent, a keyframe).",
+            ["role", "stage"],
+            buckets=SETUP_BUCKETS,
+            registry=registry,
+        ),
+        loop_lag=Histogram(
+            "golive_event_loop_lag_seconds",
+            "How late the event loop (HTTP and every packet) ran a callback due now; sampled "
+            "twice a second.",
+            buckets=LAG_BUCKETS,
             registry=registry,
         ),
     )

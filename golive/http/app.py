@@ -8,6 +8,7 @@ has been ended, when the app shuts down.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import structlog
@@ -29,7 +30,7 @@ from golive.http.whip import add_routes as add_whip_routes
 from golive.media import hooks
 from golive.media.peers import MediaHub
 from golive.media.ports import restrict_udp_ports
-from golive.metrics import Metrics, create_metrics
+from golive.metrics import Metrics, create_metrics, watch_loop_lag
 from golive.rooms import RoomService
 from golive.sessions import SessionRegistry
 
@@ -49,6 +50,7 @@ def create_app(config: Config, *, metrics: Metrics | None = None) -> web.Applica
         max_sessions=config.max_sessions, max_pending=config.max_pending_negotiations
     )
     app.cleanup_ctx.append(_actors)
+    app.cleanup_ctx.append(_loop_lag)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_text)
     app.router.add_get("/api/rooms", list_rooms)
@@ -87,6 +89,16 @@ async def _actors(app: web.Application) -> AsyncIterator[None]:
         finally:
             await asyncio.to_thread(system.stop)
         log.info("rooms ended and actors stopped")
+
+
+async def _loop_lag(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.get_running_loop().create_task(watch_loop_lag(app[METRICS].loop_lag))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def healthz(_request: web.Request) -> web.Response:

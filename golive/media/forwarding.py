@@ -49,6 +49,7 @@ class Output:
 
     sender: ForwardingSender
     rewriter: Rewriter
+    created: float  # when the viewer's offer arrived (loop time)
     told_fanout: bool = False
 
 
@@ -87,7 +88,7 @@ class TrackTap:
 
     # -- viewers ------------------------------------------------------------------------------
 
-    def attach(self, session: SessionId, sender: ForwardingSender) -> None:
+    def attach(self, session: SessionId, sender: ForwardingSender, *, created: float) -> None:
         """The viewer's sender for this track is connected: it may now be forwarded to."""
         assert sender.codec is not None
         assert sender.codec.payloadType is not None
@@ -97,7 +98,7 @@ class TrackTap:
             first_seq=random.randrange(0, 0x8000),  # noqa: S311  RTP needs unpredictable, not secret
             first_ts=random.randrange(0, 0x80000000),  # noqa: S311
         )
-        self._outputs[session] = Output(sender, rewriter)
+        self._outputs[session] = Output(sender, rewriter, created)
         sender.on_keyframe_request = self.want_keyframe
         sender.on_nack = lambda lost: self.retransmit(session, lost)
 
@@ -171,6 +172,9 @@ class TrackTap:
     def _started_on_keyframe(self, output: Output, session: SessionId) -> None:
         """Tell the fanout that ``session`` started on a keyframe (once)."""
         output.told_fanout = True
+        self._metrics.session_setup.labels("subscriber", "first_keyframe").observe(
+            self._loop.time() - output.created
+        )
         table = self._registry.routes(self.key)
         if table is not None and table.fanout is not None:
             tell_quietly(table.fanout, KeyframeDelivered(session))

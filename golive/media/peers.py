@@ -70,6 +70,8 @@ class PeerSession:
     ended: EndReason | None = None
     transport_end: EndReason | None = None  # why the transport went down, seen first
     owner: str = ""  # the creator's identity (golive.http.auth.Principal.identity)
+    created: float = field(default_factory=lambda: asyncio.get_running_loop().time())
+    connected: bool = False
 
     def close(self, reason: EndReason) -> None:
         """The session ended (the actors decided): detach and close the peer connection."""
@@ -266,7 +268,7 @@ class MediaHub:
 
     def _sender_ready(self, peer: PeerSession, tap: TrackTap, sender: ForwardingSender) -> None:
         if peer.ended is None and tap in self._room_taps.get(peer.room, ()):
-            tap.attach(peer.session, sender)
+            tap.attach(peer.session, sender, created=peer.created)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -302,6 +304,11 @@ class MediaHub:
             if peer.ended is not None:
                 return
             if state == "connected":
+                if not peer.connected:
+                    peer.connected = True
+                    self._metrics.session_setup.labels(peer.role.value, "connected").observe(
+                        asyncio.get_running_loop().time() - peer.created
+                    )
                 self._rooms.peer_connected(peer.session)
             elif state in ("failed", "closed"):
                 self._rooms.peer_failed(peer.session, peer.transport_end or EndReason.ICE_FAILED)
