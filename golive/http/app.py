@@ -20,6 +20,7 @@ from golive.actors.system import ActorSystem
 from golive.config import Config
 from golive.http.auth import admin_allowed, client_auth_configured
 from golive.http.cors import cors_middleware
+from golive.http.debug import add_routes as add_debug_routes
 from golive.http.errors import error_middleware, json_error
 from golive.http.keys import CONFIG, LIMITS, MEDIA, METRICS, ROOMS
 from golive.http.limits import AdmissionLimits
@@ -59,6 +60,7 @@ def create_app(config: Config, *, metrics: Metrics | None = None) -> web.Applica
     add_whip_routes(app, config)
     add_record_routes(app, config)
     add_openapi_routes(app)
+    add_debug_routes(app, config)
     return app
 
 

@@ -172,8 +172,15 @@ class TrackTap:
     def _started_on_keyframe(self, output: Output, session: SessionId) -> None:
         """Tell the fanout that ``session`` started on a keyframe (once)."""
         output.told_fanout = True
-        self._metrics.session_setup.labels("subscriber", "first_keyframe").observe(
-            self._loop.time() - output.created
+        seconds = self._loop.time() - output.created
+        self._metrics.session_setup.labels("subscriber", "first_keyframe").observe(seconds)
+        log.info(
+            "first keyframe sent",
+            room=self.key.room,
+            session=session,
+            role="subscriber",
+            track=self.key.track_id,
+            seconds=round(seconds, 3),
         )
         table = self._registry.routes(self.key)
         if table is not None and table.fanout is not None:

@@ -73,6 +73,10 @@ class PeerSession:
     created: float = field(default_factory=lambda: asyncio.get_running_loop().time())
     connected: bool = False
 
+    def age(self) -> float:
+        """Seconds since the session's offer arrived, for the logs of its story."""
+        return round(asyncio.get_running_loop().time() - self.created, 3)
+
     def close(self, reason: EndReason) -> None:
         """The session ended (the actors decided): detach and close the peer connection."""
         if self.ended is not None:
@@ -318,8 +322,17 @@ class MediaHub:
         """Tell a remote DTLS close (ICE still up) from ICE failure or lost consent (RFC 7675:
         ICE went down first), at the moment DTLS ends."""
 
+        fields = {"room": peer.room, "session": peer.session, "role": peer.role.value}
+
+        @dtls.transport.on("statechange")  # type: ignore[untyped-decorator]
+        def on_ice_state() -> None:
+            if dtls.transport.state == "completed":
+                log.info("ice connected", **fields, seconds=peer.age())
+
         @dtls.on("statechange")  # type: ignore[untyped-decorator]
         def on_dtls_state() -> None:
+            if dtls.state == "connected":
+                log.info("dtls connected", **fields, seconds=peer.age())
             if peer.transport_end is not None or dtls.state not in ("closed", "failed"):
                 return
             ice_down = dtls.transport.state in ("closed", "failed") or ice_closing(dtls)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import structlog.testing
 
 from tests.media.clients import close_all, delete, publish, view
 from tests.support import ServerThread, metric_samples
@@ -58,3 +59,36 @@ async def test_join_stages_loop_lag_and_actors_are_measured(server: ServerThread
         assert actors == {"directory": 1}  # the room's actors are gone with it
     finally:
         await close_all(publisher, viewer)
+
+
+async def test_a_viewers_life_tells_a_story_in_the_logs(server: ServerThread) -> None:
+    """Filter by session: answered, ICE connected, DTLS connected, first keyframe, ended (and
+    why), with the seconds since the offer where they apply."""
+    publisher = await publish(server.url, "story")
+    with structlog.testing.capture_logs() as logs:
+        viewer = await view(server.url, "story")
+        try:
+            await asyncio.wait_for(viewer.got_video.wait(), DEADLINE)
+            assert await delete(server.url, viewer.answer.location) == 200
+        finally:
+            await close_all(viewer)
+    await delete(server.url, publisher.answer.location)
+    await close_all(publisher)
+    session = viewer.answer.location.rsplit("/", 1)[1]
+    story = [entry for entry in logs if entry.get("session") == session]
+    events = [entry["event"] for entry in story]
+    expected = [
+        "session answered",
+        "ice connected",
+        "dtls connected",
+        "first keyframe sent",
+        "subscriber ended",
+    ]
+    assert [event for event in events if event in expected] == expected, str(events)
+    for entry in story:
+        if entry["event"] in expected:  # each can be filtered by room too, and is not debug
+            assert (entry["room"], entry["log_level"]) == ("story", "info"), entry
+    timed = [e for e in story if e["event"] in expected[:4]]
+    assert all(0 <= e["seconds"] < DEADLINE for e in timed)
+    assert [e["seconds"] for e in timed] == sorted(e["seconds"] for e in timed)
+    assert story[events.index("subscriber ended")]["reason"] == "client_left"
