@@ -104,6 +104,9 @@ class ProfilerState:
 
 PROFILER = web.AppKey("debug_profiler", ProfilerState)
 
+# The iterator a C Future's ``await`` goes through, by the name an operator knows.
+_AWAITABLE_NAMES: Final = {"FutureIter": "Future"}
+
 # A code location: file, line, function (qualified name).
 Location = tuple[str, int, str]
 
@@ -198,14 +201,20 @@ class TaskInfo:
 
 async def tasks(_request: web.Request) -> web.Response:
     current = asyncio.current_task()
-    infos = [task_info(task, current) for task in asyncio.all_tasks()]  # on the loop: cheap
+    here = inspect.currentframe()
+    infos = [task_info(task, current, here) for task in asyncio.all_tasks()]  # cheap
     return _text(await asyncio.to_thread(format_tasks, infos))
 
 
-def task_info(task: asyncio.Task[object], current: asyncio.Task[object] | None) -> TaskInfo:
-    """What a task is doing, as plain data (taken on the loop, formatted elsewhere)."""
+def task_info(
+    task: asyncio.Task[object],
+    current: asyncio.Task[object] | None = None,
+    here: types.FrameType | None = None,
+) -> TaskInfo:
+    """What a task is doing, as plain data (taken on the loop, formatted elsewhere).
+    ``current`` is the running task, whose stack ends at frame ``here``."""
     coro = task.get_coro()
-    frames, awaiting = await_chain(coro)
+    frames, awaiting = await_chain(coro, here)
     if task.done():
         state = "cancelled" if task.cancelled() else "done"
     elif task is current:
@@ -242,9 +251,12 @@ def _awaited_by(obj: object) -> object | None:
     return None
 
 
-def await_chain(coro: object) -> tuple[tuple[Location, ...], str | None]:
+def await_chain(
+    coro: object, here: types.FrameType | None = None
+) -> tuple[tuple[Location, ...], str | None]:
     """The frames of ``coro`` and of what it awaits, outermost first, and the type of the
-    innermost awaitable that is not a coroutine (a ``Future``...), if any."""
+    innermost awaitable that is not a coroutine (a ``Future``...), if any. A running
+    coroutine's callees are followed on this thread's stack down to frame ``here``."""
     frames: list[Location] = []
     current: object | None = coro
     for _ in range(MAX_AWAIT_DEPTH):
@@ -253,13 +265,14 @@ def await_chain(coro: object) -> tuple[tuple[Location, ...], str | None]:
         frame = _frame_of(current)
         if frame is None:
             # Not a coroutine: what the chain waits on. Only its type: a repr could show data.
-            return tuple(frames), type(current).__name__
+            kind = type(current).__name__
+            return tuple(frames), _AWAITABLE_NAMES.get(kind, kind)
         frames.append(_location(frame))
         awaited = _awaited_by(current)
-        if awaited is None and getattr(current, "cr_running", False):
+        if awaited is None and here is not None and getattr(current, "cr_running", False):
             # The running coroutine (the task of this request): its frame's callees are on
             # this thread's stack, not in an await chain.
-            frames.extend(_callees(frame))
+            frames.extend(_callees(frame, here))
         current = awaited
     return tuple(frames), "..."
 
@@ -268,11 +281,11 @@ def _location(frame: types.FrameType) -> Location:
     return (frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_qualname)
 
 
-def _callees(outer: types.FrameType) -> list[Location]:
-    """The frames called from ``outer`` down to here, outermost first (none if ``outer`` is
-    not on this thread's stack)."""
+def _callees(outer: types.FrameType, inner: types.FrameType) -> list[Location]:
+    """The frames called from ``outer`` down to ``inner``, outermost first (none if ``outer``
+    is not among ``inner``'s callers)."""
     callees: list[Location] = []
-    frame = inspect.currentframe()
+    frame: types.FrameType | None = inner
     while frame is not None and frame is not outer:
         callees.append(_location(frame))
         frame = frame.f_back
