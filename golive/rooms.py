@@ -9,7 +9,6 @@ with the actors' answers.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
 from typing import Any
 
 import pykka
@@ -43,6 +42,7 @@ from golive.actors.messages import (
 from golive.actors.room import room_proxy
 from golive.metrics import Metrics
 from golive.sessions import SessionEndpoint, SessionRecord, SessionRegistry
+from golive.tasks import BackgroundTasks
 
 log = structlog.get_logger(__name__)
 
@@ -60,7 +60,7 @@ class RoomService:
         self._registry = registry
         self._timeout = timeout
         self._metrics = metrics
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = BackgroundTasks("background session work failed")
 
     @property
     def registry(self) -> SessionRegistry:
@@ -178,7 +178,7 @@ class RoomService:
         if record.actor is not None:
             tell_quietly(record.actor, PeerFailed(session, reason))
         else:
-            self._spawn(self.leave(session, reason))
+            self._tasks.spawn(self.leave(session, reason))
 
     # -- listing ------------------------------------------------------------------------------
 
@@ -201,19 +201,8 @@ class RoomService:
         """Refuse new publishers, end every room, wait for them and for background work."""
         endings = await reply_of(self._directory.end_all(EndAllRooms(reason)), self._timeout)
         await asyncio.gather(*(self._stopped(ending) for ending in endings))
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=self._timeout)
+        await self._tasks.wait(self._timeout)
 
     async def _stopped(self, ending: RoomEnding) -> None:
         """Wait until the ended room has closed every session and stopped every child."""
         await barrier(ending.room_actor, self._timeout)
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("background session work failed", error=repr(task.exception()))

@@ -57,6 +57,17 @@ class S3Server:
         with urllib.request.urlopen(request, timeout=TIMEOUT):  # noqa: S310  same URL
             pass
 
+    def settings(self, bucket: str) -> dict[str, str]:
+        """The ``S3_*`` variables that point golive at this server and ``bucket``."""
+        return {
+            "S3_ENDPOINT": self.endpoint,
+            "S3_USE_SSL": "0",
+            "S3_REGION": "us-east-1",
+            "S3_BUCKET": bucket,
+            "S3_ACCESS_KEY": ACCESS_KEY,
+            "S3_SECRET_KEY": SECRET_KEY,
+        }
+
     def client(self) -> Minio:
         """A second, independent client to look at what the uploader stored."""
         return Minio(

@@ -7,22 +7,13 @@ import uuid
 from pathlib import Path
 
 from golive.media.containers import IvfWriter
-from golive.media.depacketize import Frame, FrameAssembler, depacketizer_for
 from golive.recordings import RecordingStore
 from tests.recording.probe import decode_errors
-from tests.recording.streams import packetize, vp8_frames
-from tests.s3 import ACCESS_KEY, SECRET_KEY, S3Server, free_port
+from tests.recording.streams import assembled
+from tests.s3 import S3Server, free_port
 from tests.support import running_server, wait_until
 
 NOW = 1_795_000_000.0
-
-
-def vp8_payloads() -> list[Frame]:
-    depacketize = depacketizer_for("video/VP8")
-    assert depacketize is not None
-    assembler = FrameAssembler(depacketize)
-    out = [f for p in packetize(vp8_frames()) for f in assembler.push(p) if isinstance(f, Frame)]
-    return out + [f for f in assembler.flush() if isinstance(f, Frame)]
 
 
 def test_a_restart_repairs_and_uploads_what_the_last_process_left(tmp_path: Path) -> None:
@@ -32,14 +23,14 @@ def test_a_restart_repairs_and_uploads_what_the_last_process_left(tmp_path: Path
     # 1. A recording the last process died in the middle of (header never fixed up).
     interrupted = store.create("lobby", "0", "ivf", NOW)
     writer = IvfWriter(interrupted, "video/VP8")
-    for frame in vp8_payloads():
+    for frame in assembled("video/VP8"):
         writer.write(frame)
     assert writer._file is not None
     writer._file.close()
     # 2. A finished recording whose upload had not been confirmed.
     finished = store.create("lobby", "0", "ivf", NOW + 60)
     writer = IvfWriter(finished, "video/VP8")
-    for frame in vp8_payloads():
+    for frame in assembled("video/VP8"):
         writer.write(frame)
     writer.close()
     store.finish(finished.name, upload=True)
@@ -48,15 +39,10 @@ def test_a_restart_repairs_and_uploads_what_the_last_process_left(tmp_path: Path
     s3.start()
     bucket = f"golive-{uuid.uuid4().hex[:12]}"
     env = {
+        **s3.settings(bucket),
         "RECORD_ENABLED": "1",
         "RECORD_DIR": str(record_dir),
         "UPLOAD_RECORDINGS": "1",
-        "S3_ENDPOINT": s3.endpoint,
-        "S3_USE_SSL": "0",
-        "S3_REGION": "us-east-1",
-        "S3_BUCKET": bucket,
-        "S3_ACCESS_KEY": ACCESS_KEY,
-        "S3_SECRET_KEY": SECRET_KEY,
         "LOG_LEVEL": "warning",
     }
     try:

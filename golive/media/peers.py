@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +47,7 @@ from golive.media.hooks import (
 )
 from golive.metrics import Metrics
 from golive.rooms import RoomService
+from golive.tasks import BackgroundTasks
 
 log = structlog.get_logger(__name__)
 
@@ -142,7 +142,7 @@ class MediaHub:
         self._configuration = ice_servers or RTCConfiguration(iceServers=[])
         self._sessions: dict[SessionId, PeerSession] = {}
         self._room_taps: dict[RoomName, list[TrackTap]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = BackgroundTasks("closing a peer connection failed", level="warning")
 
     def session(self, session: SessionId) -> PeerSession | None:
         return self._sessions.get(session)
@@ -288,7 +288,7 @@ class MediaHub:
         else:
             reply = await self._rooms.subscribe(room, peer, trace)
         if isinstance(reply, Refused):
-            self._spawn(peer.pc.close())
+            self._tasks.spawn(peer.pc.close())
             return reply
         peer.session = reply.session
         self._sessions[peer.session] = peer
@@ -349,19 +349,8 @@ class MediaHub:
         else:
             for tap in peer.taps:
                 tap.detach(peer.session)
-        self._spawn(peer.pc.close())
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("closing a peer connection failed", error=repr(task.exception()))
+        self._tasks.spawn(peer.pc.close())
 
     async def shutdown(self) -> None:
         """Wait for peer connections being closed (sessions are ended by the actors)."""
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=10)
+        await self._tasks.wait(10)

@@ -19,7 +19,7 @@ from aiortc.rtp import is_rtcp
 from golive.media import hooks
 from tests.media.clients import PatternTrack, close_all, delete, post_offer
 from tests.recording.probe import decode_errors, probe
-from tests.s3 import ACCESS_KEY, SECRET_KEY, S3Server, free_port
+from tests.s3 import S3Server, free_port
 from tests.support import ServerThread, metric_samples, running_server, wait_until
 from tests.test_server import Golive, environment, python_m
 
@@ -208,12 +208,7 @@ async def test_recordings_are_uploaded_and_deleted_by_s3_settings_alone(
         "RECORD_DIR": str(record_dir),
         "UPLOAD_RECORDINGS": "1",
         "DELETE_RECORDING_AFTER_UPLOAD": "1",
-        "S3_ENDPOINT": s3.endpoint,
-        "S3_USE_SSL": "0",
-        "S3_REGION": "us-east-1",
-        "S3_BUCKET": bucket,
-        "S3_ACCESS_KEY": ACCESS_KEY,
-        "S3_SECRET_KEY": SECRET_KEY,
+        **s3.settings(bucket),
         "S3_PREFIX": "golive/recordings/",
     }
     with running_server(env) as server:

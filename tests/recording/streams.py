@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 import av
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
+
+from golive.media.depacketize import Frame, FrameAssembler, depacketizer_for
 
 WIDTH, HEIGHT = 160, 120
 FPS = 30
@@ -138,3 +141,24 @@ def packetize(
             seq += 1
         timestamp += frame.step
     return packets
+
+
+#: Every recorded codec and its synthetic stream.
+CODECS: dict[str, Callable[[], tuple[EncodedFrame, ...]]] = {
+    "video/VP8": vp8_frames,
+    "video/VP9": vp9_frames,
+    "video/H264": h264_frames,
+    "audio/opus": opus_frames,
+}
+
+
+@functools.cache
+def assembled(codec: str) -> tuple[Frame, ...]:
+    """The whole frames of ``codec``'s stream, as the recorder's assembler hands them on."""
+    depacketize = depacketizer_for(codec)
+    assert depacketize is not None
+    assembler = FrameAssembler(depacketize, single_packet_frames=codec.startswith("audio"))
+    out = [item for p in packetize(CODECS[codec]()) for item in assembler.push(p)]
+    out.extend(assembler.flush())
+    assert all(isinstance(item, Frame) for item in out)
+    return tuple(item for item in out if isinstance(item, Frame))

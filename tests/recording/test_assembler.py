@@ -3,8 +3,6 @@ sequence-number and timestamp wrap-around."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,21 +15,7 @@ from golive.media.depacketize import (
     depacketizer_for,
     vp9_descriptor_length,
 )
-from tests.recording.streams import (
-    EncodedFrame,
-    h264_frames,
-    opus_frames,
-    packetize,
-    vp8_frames,
-    vp9_frames,
-)
-
-CODECS: dict[str, Callable[[], tuple[EncodedFrame, ...]]] = {
-    "video/VP8": vp8_frames,
-    "video/VP9": vp9_frames,
-    "video/H264": h264_frames,
-    "audio/opus": opus_frames,
-}
+from tests.recording.streams import CODECS, packetize, vp8_frames
 
 codecs = st.sampled_from(sorted(CODECS))
 seqs = st.integers(0, 0xFFFF)

@@ -30,7 +30,7 @@ from golive.media.containers import finalize_ivf
 from golive.metrics import Metrics, create_metrics
 from golive.recordings import RecordingStore
 from tests.recording.probe import decode_errors, probe
-from tests.recording.streams import opus_frames, packetize, vp8_frames
+from tests.recording.streams import assembled, opus_frames, packetize, vp8_frames
 from tests.support import metric_samples, wait_until
 
 TIMEOUT = 10.0
@@ -192,13 +192,12 @@ def test_interrupted_recordings_are_repaired_and_queued_at_the_next_start(
 ) -> None:
     """The process died mid-recording: markers and half-written files are left behind."""
     from golive.media.containers import IvfWriter  # noqa: PLC0415
-    from golive.media.depacketize import Frame  # noqa: PLC0415
 
     store.prepare()
     video = store.create("lobby", "0", "ivf", NOW)
     writer = IvfWriter(video, "video/VP8")
-    for index, (frame, data) in enumerate(zip(vp8_frames(), _frames(), strict=True)):
-        writer.write(Frame(index * 3000, data, frame.keyframe))
+    for frame in assembled("video/VP8"):
+        writer.write(frame)
     assert writer._file is not None
     writer._file.close()
     cut = video.read_bytes()
@@ -211,16 +210,3 @@ def test_interrupted_recordings_are_repaired_and_queued_at_the_next_start(
     assert not empty.exists()
     assert decode_errors(video) == ""
     assert finalize_ivf(video) == 59  # the frame cut short is gone, the header says so
-
-
-def _frames() -> list[bytes]:
-    from golive.media.depacketize import Frame, FrameAssembler, depacketizer_for  # noqa: PLC0415
-
-    depacketize = depacketizer_for("video/VP8")
-    assert depacketize is not None
-    assembler = FrameAssembler(depacketize)
-    out: list[bytes] = []
-    for packet in packetize(vp8_frames()):
-        out.extend(f.data for f in assembler.push(packet) if isinstance(f, Frame))
-    out.extend(f.data for f in assembler.flush() if isinstance(f, Frame))
-    return out

@@ -7,7 +7,6 @@ import struct
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,10 +26,11 @@ from golive.media.depacketize import Frame
 from golive.media.recording import TrackRecording
 from tests.recording.probe import decode_errors, probe
 from tests.recording.streams import (
+    CODECS,
     FPS,
     HEIGHT,
     WIDTH,
-    EncodedFrame,
+    assembled,
     h264_frames,
     opus_frames,
     packetize,
@@ -39,12 +39,6 @@ from tests.recording.streams import (
 )
 from tests.recording.test_assembler import shuffle_locally
 
-CODECS: dict[str, Callable[[], tuple[EncodedFrame, ...]]] = {
-    "video/VP8": vp8_frames,
-    "video/VP9": vp9_frames,
-    "video/H264": h264_frames,
-    "audio/opus": opus_frames,
-}
 EXPECTED_CODEC = {
     "video/VP8": "vp8",
     "video/VP9": "vp9",
@@ -179,7 +173,7 @@ def test_an_ivf_cut_anywhere_is_repaired(tmp_path: Path, cut: int) -> None:
     path.touch()
     writer = IvfWriter(path, "video/VP8")
     for index, frame in enumerate(vp8_frames()):
-        writer.write(Frame(index * 3000, _depayloaded("video/VP8")[index], frame.keyframe))
+        writer.write(Frame(index * 3000, assembled("video/VP8")[index].data, frame.keyframe))
     writer._file.close()  # type: ignore[union-attr]
     data = path.read_bytes()
     path.write_bytes(data[: 32 + cut % (len(data) - 32)])
@@ -187,24 +181,6 @@ def test_an_ivf_cut_anywhere_is_repaired(tmp_path: Path, cut: int) -> None:
     if path.stat().st_size > 32:
         assert decode_errors(path) == ""
     assert finalize_ivf(path) == ivf_header(path)[4]
-
-
-_DEPAYLOADED: dict[str, list[bytes]] = {}
-
-
-def _depayloaded(codec: str) -> list[bytes]:
-    if codec not in _DEPAYLOADED:
-        from golive.media.depacketize import FrameAssembler, depacketizer_for  # noqa: PLC0415
-
-        depacketize = depacketizer_for(codec)
-        assert depacketize is not None
-        assembler = FrameAssembler(depacketize)
-        frames: list[bytes] = []
-        for packet in packetize(CODECS[codec]()):
-            frames.extend(f.data for f in assembler.push(packet) if isinstance(f, Frame))
-        frames.extend(f.data for f in assembler.flush() if isinstance(f, Frame))
-        _DEPAYLOADED[codec] = frames
-    return _DEPAYLOADED[codec]
 
 
 # ------------------------------------------------------------------ the process dies mid-write
@@ -265,10 +241,10 @@ def test_opus_packet_durations() -> None:
 
 
 def test_keyframe_dimensions() -> None:
-    assert vp8_dimensions(_depayloaded("video/VP8")[0]) == (WIDTH, HEIGHT)
-    assert vp8_dimensions(_depayloaded("video/VP8")[1]) == (0, 0)  # not a keyframe
-    assert vp9_dimensions(_depayloaded("video/VP9")[0]) == (WIDTH, HEIGHT)
-    assert vp9_dimensions(_depayloaded("video/VP9")[1]) == (0, 0)
+    assert vp8_dimensions(assembled("video/VP8")[0].data) == (WIDTH, HEIGHT)
+    assert vp8_dimensions(assembled("video/VP8")[1].data) == (0, 0)  # not a keyframe
+    assert vp9_dimensions(assembled("video/VP9")[0].data) == (WIDTH, HEIGHT)
+    assert vp9_dimensions(assembled("video/VP9")[1].data) == (0, 0)
     assert vp9_dimensions(b"\x82") == (0, 0)
 
 
