@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from golive.actors.messages import EndReason, RoomInfo, parse_room_name
 from golive.actors.system import ActorSystem
 from golive.config import Config
-from golive.http.auth import admin_allowed, client_auth_configured
+from golive.http.auth import admin_allowed, client_auth_configured, unauthorized
 from golive.http.cors import cors_middleware
 from golive.http.debug import add_routes as add_debug_routes
 from golive.http.errors import error_middleware, json_error
@@ -154,7 +154,7 @@ async def bootstrap(request: web.Request) -> web.Response:
 async def admin_close_room(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     if not admin_allowed(config, request):
-        return json_error(401, "unauthorized", {"WWW-Authenticate": "Bearer"})
+        return unauthorized()
     room = parse_room_name(request.match_info["room"])
     if room is None:
         return json_error(400, "invalid room name")

@@ -62,7 +62,7 @@ from typing import Final
 from aiohttp import web
 
 from golive.config import Config
-from golive.http.auth import admin_allowed
+from golive.http.auth import admin_allowed, unauthorized
 from golive.http.errors import Handler, json_error
 
 PREFIX: Final = "/debug/"
@@ -126,7 +126,7 @@ def add_routes(app: web.Application, config: Config) -> None:
 def _admin_only(config: Config, handler: Handler) -> Handler:
     async def guarded(request: web.Request) -> web.StreamResponse:
         if not admin_allowed(config, request):
-            return json_error(401, "unauthorized", {"WWW-Authenticate": "Bearer"})
+            return unauthorized()
         return await handler(request)
 
     return guarded

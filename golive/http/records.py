@@ -39,7 +39,7 @@ from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDict
 
 from golive.config import Config
-from golive.http.auth import admin_allowed
+from golive.http.auth import admin_allowed, unauthorized
 from golive.http.errors import Handler, json_error
 from golive.recordings import RecordingFile, RecordingStore
 
@@ -81,7 +81,7 @@ def refused(config: Config, request: web.Request) -> web.Response | None:
     if not config.record_enabled:
         return json_error(404, "recording is disabled")
     if not admin_allowed(config, request):
-        return json_error(401, "unauthorized", {"WWW-Authenticate": "Bearer"})
+        return unauthorized()
     return None
 
 
