@@ -41,6 +41,7 @@ test: lint typecheck unit
 bench: $(STAMP) system-packages
 	$(BIN)/python -m bench.actors
 	$(BIN)/python -m bench.recording
+	$(BIN)/python -m bench.tracing
 	$(NETNS) $(BIN)/python -m bench.forwarding
 
 clean:

@@ -9,7 +9,8 @@ handler and configuration each time). It sets up structlog on top of the standar
   so aiohttp, aiortc, aioice and pykka records become the same JSON lines (with a `logger`
   field);
 - each line carries `timestamp` (ISO 8601, UTC, ending in `Z`), `level`, `event`, the
-  context bound on the logger and in `structlog.contextvars`, and a rendered `exception`;
+  context bound on the logger and in `structlog.contextvars`, `trace_id`/`span_id` when an
+  OpenTelemetry span is current, and a rendered `exception`;
 - `Redactor` runs last before rendering: configured secrets, values under secret-sounding
   keys, SDP `a=ice-pwd:` values, bearer tokens and JWTs become `[REDACTED]`.
 
@@ -33,6 +34,7 @@ import structlog.dev
 import structlog.processors
 import structlog.stdlib
 import structlog.tracebacks
+from opentelemetry import trace
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -152,6 +154,17 @@ def _is_harmless(value: object) -> bool:
     )
 
 
+def add_trace_ids(_logger: WrappedLogger, _method_name: str, event_dict: EventDict) -> EventDict:
+    """Add ``trace_id`` and ``span_id`` (hex, as trace backends show them) when a span is
+    current: the HTTP request's on the loop, an actor's handling in its thread, a session's
+    while its story is told. A context-variable read when none is."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event_dict.setdefault("trace_id", format(context.trace_id, "032x"))
+        event_dict.setdefault("span_id", format(context.span_id, "016x"))
+    return event_dict
+
+
 def _order_keys(_logger: WrappedLogger, _method_name: str, event_dict: EventDict) -> EventDict:
     """Put timestamp, level, event and logger first: lines read well in a terminal too."""
     ordered = {key: event_dict.pop(key) for key in _FIRST_KEYS if key in event_dict}
@@ -183,6 +196,7 @@ def configure_logging(
     # Added to records from stdlib loggers (aiohttp, aiortc, aioice, pykka, ...).
     foreign_pre_chain: list[Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_trace_ids,
         structlog.stdlib.add_logger_name,
         structlog.stdlib.add_log_level,
         timestamper,
@@ -224,6 +238,7 @@ def configure_logging(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.stdlib.filter_by_level,
+            add_trace_ids,
             structlog.stdlib.add_logger_name,
             structlog.stdlib.add_log_level,
             structlog.stdlib.PositionalArgumentsFormatter(),

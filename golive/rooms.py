@@ -36,13 +36,13 @@ from golive.actors.messages import (
     RoomName,
     SessionId,
     SubscriberAdmitted,
-    TraceCarrier,
     TrackInfo,
 )
 from golive.actors.room import room_proxy
 from golive.metrics import Metrics
 from golive.sessions import SessionEndpoint, SessionRecord, SessionRegistry
 from golive.tasks import BackgroundTasks
+from golive.tracing import Tracing
 
 log = structlog.get_logger(__name__)
 
@@ -55,8 +55,10 @@ class RoomService:
         *,
         timeout: float,
         metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._directory = directory
+        self._tracing = tracing if tracing is not None else Tracing.disabled()
         self._registry = registry
         self._timeout = timeout
         self._metrics = metrics
@@ -69,11 +71,12 @@ class RoomService:
     # -- publish ------------------------------------------------------------------------------
 
     async def publish(
-        self, room: RoomName, endpoint: SessionEndpoint, trace: TraceCarrier = ()
+        self, room: RoomName, endpoint: SessionEndpoint
     ) -> PublisherClaimed | Refused:
         """Claim ``room`` for a new publisher (pending until :meth:`publisher_ready`)."""
         reply = await reply_of(
-            self._directory.claim_publisher(ClaimPublisher(room, trace)), self._timeout
+            self._directory.claim_publisher(ClaimPublisher(room, self._tracing.carrier())),
+            self._timeout,
         )
         if isinstance(reply, PublisherClaimed):
             self._registry.add(
@@ -82,7 +85,7 @@ class RoomService:
         return reply
 
     async def publisher_ready(
-        self, session: SessionId, tracks: tuple[TrackInfo, ...], trace: TraceCarrier = ()
+        self, session: SessionId, tracks: tuple[TrackInfo, ...]
     ) -> Done | Refused:
         """The publisher's offer was answered: the room goes live with ``tracks``."""
         record = self._registry.get(session)
@@ -91,7 +94,7 @@ class RoomService:
         try:
             return await reply_of(
                 room_proxy(record.room_actor).publisher_ready(
-                    PublisherReady(session, tracks, trace)
+                    PublisherReady(session, tracks, self._tracing.carrier())
                 ),
                 self._timeout,
             )
@@ -101,7 +104,7 @@ class RoomService:
     # -- play ---------------------------------------------------------------------------------
 
     async def subscribe(
-        self, room: RoomName, endpoint: SessionEndpoint, trace: TraceCarrier = ()
+        self, room: RoomName, endpoint: SessionEndpoint
     ) -> SubscriberAdmitted | Refused:
         ref = await reply_of(self._directory.lookup(room), self._timeout)
         if ref is None:  # (a room that exists counts its own refusals)
@@ -111,7 +114,8 @@ class RoomService:
             return Refused(Refusal.NO_PUBLISHER)
         try:
             reply = await reply_of(
-                room_proxy(ref).join_subscriber(JoinSubscriber(trace)), self._timeout
+                room_proxy(ref).join_subscriber(JoinSubscriber(self._tracing.carrier())),
+                self._timeout,
             )
         except pykka.ActorDeadError:  # the room ended between the lookup and the join
             return Refused(Refusal.NO_PUBLISHER)
@@ -123,9 +127,7 @@ class RoomService:
 
     # -- leave --------------------------------------------------------------------------------
 
-    async def leave(
-        self, session: SessionId, reason: EndReason, trace: TraceCarrier = ()
-    ) -> Done | Refused:
+    async def leave(self, session: SessionId, reason: EndReason) -> Done | Refused:
         """End a session. A publisher leaving ends its room and every session in it.
 
         Returns once the session (and, for a publisher, the room) is fully ended.
@@ -136,7 +138,9 @@ class RoomService:
         if record.role is Role.PUBLISHER:
             room_reason = EndReason.PUBLISHER_LEFT if reason is EndReason.CLIENT_LEFT else reason
             reply = await reply_of(
-                self._directory.end_room(EndRoom(record.room, room_reason, session, trace)),
+                self._directory.end_room(
+                    EndRoom(record.room, room_reason, session, self._tracing.carrier())
+                ),
                 self._timeout,
             )
             if isinstance(reply, Refused):
@@ -146,17 +150,18 @@ class RoomService:
         try:
             return await reply_of(
                 room_proxy(record.room_actor).leave_subscriber(
-                    LeaveSubscriber(session, reason, trace)
+                    LeaveSubscriber(session, reason, self._tracing.carrier())
                 ),
                 self._timeout,
             )
         except pykka.ActorDeadError:
             return Refused(Refusal.UNKNOWN_SESSION)
 
-    async def close_room(self, room: RoomName, reason: EndReason, trace: TraceCarrier = ()) -> bool:
+    async def close_room(self, room: RoomName, reason: EndReason) -> bool:
         """End ``room`` whoever publishes in it (admin close). False if there is none."""
         reply = await reply_of(
-            self._directory.end_room(EndRoom(room, reason, None, trace)), self._timeout
+            self._directory.end_room(EndRoom(room, reason, None, self._tracing.carrier())),
+            self._timeout,
         )
         if isinstance(reply, Refused):
             return False
@@ -199,7 +204,9 @@ class RoomService:
 
     async def shutdown(self, reason: EndReason = EndReason.SHUTDOWN) -> None:
         """Refuse new publishers, end every room, wait for them and for background work."""
-        endings = await reply_of(self._directory.end_all(EndAllRooms(reason)), self._timeout)
+        endings = await reply_of(
+            self._directory.end_all(EndAllRooms(reason, self._tracing.carrier())), self._timeout
+        )
         await asyncio.gather(*(self._stopped(ending) for ending in endings))
         await self._tasks.wait(self._timeout)
 

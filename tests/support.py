@@ -20,6 +20,7 @@ from golive.config import Config
 from golive.http.app import create_app
 from golive.http.keys import ROOMS
 from golive.rooms import RoomService
+from golive.tracing import Tracing
 
 T = TypeVar("T")
 
@@ -55,8 +56,9 @@ class ProbeEndpoint:
 class ServerThread:
     """A real golive app (aiohttp + actors) on its own event loop thread, on 127.0.0.1."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, tracing: Tracing | None = None) -> None:
         self._config = config
+        self._tracing = tracing
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="golive-test-loop")
         self._runner: web.AppRunner | None = None
@@ -68,7 +70,9 @@ class ServerThread:
         return self
 
     async def _start(self) -> None:
-        self._runner = web.AppRunner(create_app(self._config), access_log=None)
+        self._runner = web.AppRunner(
+            create_app(self._config, tracing=self._tracing), access_log=None
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -116,9 +120,11 @@ class ServerThread:
 
 
 @contextlib.contextmanager
-def running_server(env: Mapping[str, str]) -> Iterator[ServerThread]:
+def running_server(
+    env: Mapping[str, str], tracing: Tracing | None = None
+) -> Iterator[ServerThread]:
     """A real server configured from ``env`` (as the environment would), stopped afterwards."""
-    server = ServerThread(Config.from_env(env)).start()
+    server = ServerThread(Config.from_env(env), tracing).start()
     try:
         yield server
     finally:

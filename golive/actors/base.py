@@ -17,10 +17,14 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Concatenate, ParamSpec, TypeVar, cast
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast
 
 import pykka
 import structlog
+from opentelemetry.util.types import AttributeValue
+
+from golive.actors.messages import TraceCarrier
+from golive.tracing import Tracing
 
 log = structlog.get_logger(__name__)
 
@@ -137,9 +141,14 @@ class GoliveActor(pykka.ThreadingActor):
 
     actor_kind = "actor"
 
-    def __init__(self) -> None:
+    def __init__(self, tracing: Tracing | None = None) -> None:
         super().__init__()
         self._released = False
+        self.tracing = tracing if tracing is not None else Tracing.disabled()
+
+    def span_attributes(self) -> dict[str, AttributeValue]:
+        """What every span of this actor's handling carries (room, session...)."""
+        return {"golive.actor": self.actor_kind}
 
     @staticmethod
     def _create_future() -> pykka.Future[Any]:
@@ -210,3 +219,30 @@ def guarded(
             raise
 
     return cast(Callable[Concatenate[A, P], T], wrapper)
+
+
+class _Traced(Protocol):
+    """What :func:`traced` needs of a command: the carrier of the request that caused it."""
+
+    @property
+    def trace(self) -> TraceCarrier: ...
+
+
+M = TypeVar("M", bound=_Traced)
+
+
+def traced(
+    name: str,
+) -> Callable[[Callable[Concatenate[A, M, P], T]], Callable[Concatenate[A, M, P], T]]:
+    """Handle an asked command inside a span named ``name``, child of the span that sent it
+    (the ``trace`` carried by the command); nothing when tracing is off or there is none."""
+
+    def decorate(method: Callable[Concatenate[A, M, P], T]) -> Callable[Concatenate[A, M, P], T]:
+        @functools.wraps(method)
+        def wrapper(self: A, message: M, *args: P.args, **kwargs: P.kwargs) -> T:
+            with self.tracing.handling(name, message.trace, self.span_attributes()):
+                return method(self, message, *args, **kwargs)
+
+        return cast(Callable[Concatenate[A, M, P], T], wrapper)
+
+    return decorate

@@ -15,9 +15,10 @@ from typing import Any, Generic, TypeVar, cast
 
 import pykka
 import structlog
+from opentelemetry import trace
 from pykka.typing import ActorMemberMixin, proxy_method
 
-from golive.actors.base import GoliveActor, guarded, stop_all, tell_quietly
+from golive.actors.base import GoliveActor, guarded, stop_all, tell_quietly, traced
 from golive.actors.messages import (
     ClaimPublisher,
     CloseRoom,
@@ -38,6 +39,7 @@ from golive.actors.ports import LoopPort
 from golive.actors.recorder import RecordingSettings
 from golive.actors.room import RoomActor
 from golive.metrics import Metrics
+from golive.tracing import Tracing
 
 H = TypeVar("H")
 
@@ -98,8 +100,9 @@ class DirectoryActor(GoliveActor):
         max_subscribers: int,
         stop_timeout: float,
         recording: RecordingSettings | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(tracing)
         self._recording = recording
         self._state: DirectoryState[pykka.ActorRef[Any]] = DirectoryState()
         self._port = port
@@ -109,12 +112,17 @@ class DirectoryActor(GoliveActor):
         self._log = structlog.get_logger(__name__)
 
     @guarded
+    @traced("directory.claim_publisher")
     def claim_publisher(self, message: ClaimPublisher) -> PublisherClaimed | Refused:
+        span = trace.get_current_span()
+        span.set_attribute("golive.room", message.room)
         refusal = self._state.can_claim(message.room)
         if refusal is not None:
             self._metrics.join_refusals.labels(Role.PUBLISHER.value, refusal.value).inc()
+            span.set_attribute("golive.refusal", refusal.value)
             return Refused(refusal)
         session = new_session_id()
+        span.set_attribute("golive.session", session)
         ref = RoomActor.start(
             message.room,
             session,
@@ -124,6 +132,7 @@ class DirectoryActor(GoliveActor):
             max_subscribers=self._max_subscribers,
             stop_timeout=self._stop_timeout,
             recording=self._recording,
+            tracing=self.tracing,
         )
         self._state.add(message.room, session, ref)
         self._metrics.sessions.labels(Role.PUBLISHER.value).inc()
@@ -131,15 +140,18 @@ class DirectoryActor(GoliveActor):
         return PublisherClaimed(message.room, session, ref)
 
     @guarded
+    @traced("directory.end_room")
     def end_room(self, message: EndRoom) -> RoomEnding | Refused:
+        span = trace.get_current_span()
+        span.set_attributes({"golive.room": message.room, "golive.reason": message.reason.value})
         entry = self._state.remove(message.room, message.publisher)
         if isinstance(entry, Refusal):
+            span.set_attribute("golive.refusal", entry.value)
             return Refused(entry)
-        tell_quietly(entry.room, CloseRoom(message.reason, message.trace))
-        self._publisher_ended(message.reason)
-        return RoomEnding(message.room, entry.room)
+        return self._close(message.room, entry, message.reason)
 
     @guarded
+    @traced("directory.end_all")
     def end_all(self, message: EndAllRooms) -> tuple[RoomEnding, ...]:
         """Stop admitting publishers and end every room (shutdown)."""
         return tuple(
@@ -182,7 +194,8 @@ class DirectoryActor(GoliveActor):
     def _close(
         self, name: RoomName, entry: DirectoryEntry[pykka.ActorRef[Any]], reason: EndReason
     ) -> RoomEnding:
-        tell_quietly(entry.room, CloseRoom(reason))
+        # The room's span for closing is a child of the current one (end_room, end_all).
+        tell_quietly(entry.room, CloseRoom(reason, self.tracing.carrier()))
         self._publisher_ended(reason)
         return RoomEnding(name, entry.room)
 

@@ -293,6 +293,7 @@ class CloseSession:
     """End this session (room → subscriber)."""
 
     reason: EndReason
+    trace: TraceCarrier = ()
 
 
 @dataclass(frozen=True, slots=True)

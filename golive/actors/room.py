@@ -20,9 +20,11 @@ from typing import Any, cast
 
 import pykka
 import structlog
+from opentelemetry import trace
+from opentelemetry.util.types import AttributeValue
 from pykka.typing import ActorMemberMixin, proxy_method
 
-from golive.actors.base import GoliveActor, guarded, stop_all, tell_quietly
+from golive.actors.base import GoliveActor, guarded, stop_all, tell_quietly, traced
 from golive.actors.fanout import FanoutActor
 from golive.actors.messages import (
     CloseRoom,
@@ -52,6 +54,7 @@ from golive.actors.ports import LoopPort
 from golive.actors.recorder import RecorderActor, RecordingSettings, recordable
 from golive.actors.subscriber import SubscriberActor
 from golive.metrics import Metrics
+from golive.tracing import Tracing
 
 
 class PublisherPhase(StrEnum):
@@ -135,8 +138,9 @@ class RoomActor(GoliveActor):
         max_subscribers: int,
         stop_timeout: float,
         recording: RecordingSettings | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(tracing)
         self._state = RoomState(name=name, publisher=publisher, max_subscribers=max_subscribers)
         self._recording = recording
         self._recorders: dict[TrackId, pykka.ActorRef[Any]] = {}
@@ -148,6 +152,9 @@ class RoomActor(GoliveActor):
         self._subscribers: dict[SessionId, pykka.ActorRef[Any]] = {}
         self._log = structlog.get_logger(__name__).bind(room=name)
 
+    def span_attributes(self) -> dict[str, AttributeValue]:
+        return {"golive.actor": self.actor_kind, "golive.room": self._state.name}
+
     def on_start(self) -> None:
         self._metrics.subscribers.labels(self._state.name).set(0)
         self._log.info("room created", session=self._state.publisher, role=Role.PUBLISHER.value)
@@ -155,9 +162,15 @@ class RoomActor(GoliveActor):
     # -- asked --------------------------------------------------------------------------------
 
     @guarded
+    @traced("room.publisher_ready")
     def publisher_ready(self, message: PublisherReady) -> Done | Refused:
+        span = trace.get_current_span()
+        span.set_attributes(
+            {"golive.session": message.session, "golive.tracks": len(message.tracks)}
+        )
         refusal = self._state.go_live(message.session, message.tracks)
         if refusal is not None:
+            span.set_attribute("golive.refusal", refusal.value)
             return Refused(refusal)
         for track in message.tracks:
             if track.track_id not in self._fanouts:
@@ -195,12 +208,16 @@ class RoomActor(GoliveActor):
         return ref
 
     @guarded
+    @traced("room.join_subscriber")
     def join_subscriber(self, message: JoinSubscriber) -> SubscriberAdmitted | Refused:  # noqa: ARG002  the join carries only its trace
+        span = trace.get_current_span()
         session = new_session_id()
         refusal = self._state.admit(session)
         if refusal is not None:
             self._metrics.join_refusals.labels(Role.SUBSCRIBER.value, refusal.value).inc()
+            span.set_attribute("golive.refusal", refusal.value)
             return Refused(refusal)
+        span.set_attribute("golive.session", session)
         ref = SubscriberActor.start(
             session,
             self._state.name,
@@ -208,6 +225,7 @@ class RoomActor(GoliveActor):
             parent=self.actor_ref,
             port=self._port,
             metrics=self._metrics,
+            tracing=self.tracing,
         )
         self._subscribers[session] = ref
         self._metrics.sessions.labels(Role.SUBSCRIBER.value).inc()
@@ -216,11 +234,17 @@ class RoomActor(GoliveActor):
         return SubscriberAdmitted(self._state.name, session, self._state.tracks, ref)
 
     @guarded
+    @traced("room.leave_subscriber")
     def leave_subscriber(self, message: LeaveSubscriber) -> Done | Refused:
+        span = trace.get_current_span()
+        span.set_attributes(
+            {"golive.session": message.session, "golive.reason": message.reason.value}
+        )
         if not self._state.remove(message.session):
+            span.set_attribute("golive.refusal", Refusal.UNKNOWN_SESSION.value)
             return Refused(Refusal.UNKNOWN_SESSION)
         ref = self._subscribers.pop(message.session)
-        tell_quietly(ref, CloseSession(message.reason))
+        tell_quietly(ref, CloseSession(message.reason, self.tracing.carrier()))
         stop_all([ref], self._stop_timeout)
         self._subscriber_ended(message.reason)
         return Done()
@@ -233,8 +257,10 @@ class RoomActor(GoliveActor):
 
     def handle(self, message: Any) -> None:
         match message:
-            case CloseRoom(reason=reason):
-                self._end(reason)
+            case CloseRoom(reason=reason, trace=carrier):
+                attributes = {**self.span_attributes(), "golive.reason": reason.value}
+                with self.tracing.handling("room.close", carrier, attributes):
+                    self._end(reason)
                 self.stop()
             case SubscriberEnded(session=session, reason=reason):
                 # The subscriber ended on its own and stops itself.
@@ -268,8 +294,9 @@ class RoomActor(GoliveActor):
             return
         sessions = self._state.end(reason)
         subscribers = [self._subscribers.pop(s) for s in sessions if s in self._subscribers]
+        carrier = self.tracing.carrier()  # the room's closing span, if it has one
         for ref in subscribers:
-            tell_quietly(ref, CloseSession(reason))
+            tell_quietly(ref, CloseSession(reason, carrier))
         children = [*subscribers, *self._subscribers.values(), *self._fanouts.values()]
         stop_all(children, self._stop_timeout)
         # Recorders last: every packet the loop told them so far is written before they stop.

@@ -17,6 +17,7 @@ from typing import Any, cast
 
 import pykka
 import structlog
+from opentelemetry.util.types import AttributeValue
 from pykka.typing import ActorMemberMixin, proxy_method
 
 from golive.actors.base import GoliveActor, guarded, tell_quietly
@@ -37,6 +38,7 @@ from golive.actors.messages import (
 )
 from golive.actors.ports import LoopPort
 from golive.metrics import Metrics
+from golive.tracing import Tracing
 
 
 @dataclass(slots=True)
@@ -87,9 +89,11 @@ class SubscriberActor(GoliveActor):
         parent: pykka.ActorRef[Any],
         port: LoopPort,
         metrics: Metrics,
+        tracing: Tracing | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(tracing)
         self._session = session
+        self._room = room
         self._state = SubscriberState(tracks=frozenset(fanouts))
         self._fanouts = dict(fanouts)
         self._parent = parent
@@ -98,6 +102,13 @@ class SubscriberActor(GoliveActor):
         self._log = structlog.get_logger(__name__).bind(
             room=room, session=session, role=Role.SUBSCRIBER.value
         )
+
+    def span_attributes(self) -> dict[str, AttributeValue]:
+        return {
+            "golive.actor": self.actor_kind,
+            "golive.room": self._room,
+            "golive.session": self._session,
+        }
 
     @guarded
     def describe(self) -> SubscriberPhase:
@@ -120,9 +131,11 @@ class SubscriberActor(GoliveActor):
                 self._end(reason)
                 tell_quietly(self._parent, SubscriberEnded(self._session, reason))
                 self.stop()
-            case CloseSession(reason=reason):
+            case CloseSession(reason=reason, trace=carrier):
                 # The room ends this session; it stops this actor right after.
-                self._end(reason)
+                attributes = {**self.span_attributes(), "golive.reason": reason.value}
+                with self.tracing.handling("subscriber.close", carrier, attributes):
+                    self._end(reason)
             case _:
                 super().handle(message)
 
@@ -139,7 +152,7 @@ class SubscriberActor(GoliveActor):
         for fanout in self._fanouts.values():
             tell_quietly(fanout, RouteGone(self._session))
         self._port.close_session(self._session, reason)
-        self._log.info("subscriber ended", reason=reason.value)
+        self._log.debug("subscriber ended", reason=reason.value)  # the loop tells the story
 
 
 class SubscriberProxy(ActorMemberMixin, pykka.ActorProxy[SubscriberActor]):

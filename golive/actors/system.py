@@ -22,6 +22,7 @@ from golive.actors.uploader import RetryPolicy, S3Target, UploaderActor
 from golive.config import Config
 from golive.metrics import Metrics
 from golive.recordings import RecordingStore
+from golive.tracing import Tracing
 
 log = structlog.get_logger(__name__)
 
@@ -35,8 +36,10 @@ class ActorSystem:
         max_subscribers: int,
         timeout: float,
         config: Config | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._config = config
+        self._tracing = tracing
         self._port = port
         self._metrics = metrics
         self._max_subscribers = max_subscribers
@@ -59,6 +62,7 @@ class ActorSystem:
             max_subscribers=self._max_subscribers,
             stop_timeout=self._timeout,
             recording=self._start_recording(),
+            tracing=self._tracing,
         )
         self._started.append(ref)
         self._directory = directory_proxy(ref)

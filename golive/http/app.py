@@ -22,11 +22,12 @@ from golive.http.auth import admin_allowed, client_auth_configured, unauthorized
 from golive.http.cors import cors_middleware
 from golive.http.debug import add_routes as add_debug_routes
 from golive.http.errors import error_middleware, json_error
-from golive.http.keys import CONFIG, LIMITS, MEDIA, METRICS, ROOMS
+from golive.http.keys import CONFIG, LIMITS, MEDIA, METRICS, ROOMS, TRACING
 from golive.http.limits import AdmissionLimits
 from golive.http.openapi import add_routes as add_openapi_routes
 from golive.http.ratelimit import rate_limit_middleware
 from golive.http.records import add_routes as add_record_routes
+from golive.http.tracing import tracing_middleware
 from golive.http.whip import add_routes as add_whip_routes
 from golive.media import hooks
 from golive.media.peers import MediaHub
@@ -34,22 +35,31 @@ from golive.media.ports import restrict_udp_ports
 from golive.metrics import Metrics, create_metrics, watch_loop_lag
 from golive.rooms import RoomService
 from golive.sessions import SessionRegistry
+from golive.tracing import Tracing
 
 log = structlog.get_logger(__name__)
 
 
-def create_app(config: Config, *, metrics: Metrics | None = None) -> web.Application:
+def create_app(
+    config: Config, *, metrics: Metrics | None = None, tracing: Tracing | None = None
+) -> web.Application:
+    """The app for ``config``. ``tracing`` defaults to what the configuration asks for (OTLP
+    export when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set); the app shuts it down at cleanup."""
+    tracing = tracing if tracing is not None else Tracing.from_config(config)
     # CORS is outermost, so that errors (JSON, from error_middleware) carry its headers too;
-    # rate limiting runs before any handler does work.
-    app = web.Application(
-        middlewares=[cors_middleware(config), error_middleware, rate_limit_middleware(config)],
-        client_max_size=1 << 20,
-    )
+    # rate limiting runs before any handler does work. With tracing on, a server span wraps
+    # them all.
+    middlewares = [cors_middleware(config), error_middleware, rate_limit_middleware(config)]
+    if tracing.enabled:
+        middlewares.insert(0, tracing_middleware(tracing))
+    app = web.Application(middlewares=middlewares, client_max_size=1 << 20)
     app[CONFIG] = config
+    app[TRACING] = tracing
     app[METRICS] = metrics if metrics is not None else create_metrics()
     app[LIMITS] = AdmissionLimits(
         max_sessions=config.max_sessions, max_pending=config.max_pending_negotiations
     )
+    app.cleanup_ctx.append(_tracing)  # first in, last out: spans of the shutdown are exported
     app.cleanup_ctx.append(_actors)
     app.cleanup_ctx.append(_loop_lag)
     app.router.add_get("/healthz", healthz)
@@ -74,14 +84,19 @@ async def _actors(app: web.Application) -> AsyncIterator[None]:
         max_subscribers=config.max_subs_per_room,
         timeout=config.actor_timeout_seconds,
         config=config,
+        tracing=app[TRACING],
     )
     await asyncio.to_thread(system.start)
     app[ROOMS] = RoomService(
-        system.directory, registry, timeout=config.actor_timeout_seconds, metrics=app[METRICS]
+        system.directory,
+        registry,
+        timeout=config.actor_timeout_seconds,
+        metrics=app[METRICS],
+        tracing=app[TRACING],
     )
     hooks.install(config.ice_host_addresses)
     restrict_udp_ports(asyncio.get_running_loop(), config.ice_port_min, config.ice_port_max)
-    app[MEDIA] = MediaHub(app[ROOMS], metrics=app[METRICS])
+    app[MEDIA] = MediaHub(app[ROOMS], metrics=app[METRICS], tracing=app[TRACING])
     try:
         yield
     finally:
@@ -91,6 +106,13 @@ async def _actors(app: web.Application) -> AsyncIterator[None]:
         finally:
             await asyncio.to_thread(system.stop)
         log.info("rooms ended and actors stopped")
+
+
+async def _tracing(app: web.Application) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(app[TRACING].shutdown)  # flushes the last batch (network)
 
 
 async def _loop_lag(app: web.Application) -> AsyncIterator[None]:

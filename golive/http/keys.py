@@ -9,9 +9,11 @@ from golive.http.limits import AdmissionLimits
 from golive.media.peers import MediaHub
 from golive.metrics import Metrics
 from golive.rooms import RoomService
+from golive.tracing import Tracing
 
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
 ROOMS = web.AppKey("rooms", RoomService)
 MEDIA = web.AppKey("media", MediaHub)
 LIMITS = web.AppKey("limits", AdmissionLimits)
+TRACING = web.AppKey("tracing", Tracing)

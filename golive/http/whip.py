@@ -125,13 +125,6 @@ def _post(role: Role, base: str, config: Config) -> Handler:
         assert isinstance(result, Answered)
         peer = result.session
         peer.owner = principal.identity
-        log.info(
-            "session answered",
-            room=room,
-            session=peer.session,
-            role=role.value,
-            seconds=peer.age(),
-        )
         response = web.Response(
             status=201,
             body=result.answer.encode(),

@@ -14,11 +14,11 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pykka
-import structlog
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtcpSrPacket, RtpPacket
 
@@ -29,6 +29,7 @@ from golive.actors.messages import (
     RecordPacket,
     RoutePhase,
     SessionId,
+    TrackId,
     TrackInfo,
     TrackKey,
 )
@@ -36,8 +37,6 @@ from golive.media.hooks import Delivery, ForwardingReceiver, ForwardingSender
 from golive.media.rtp import RTP_HEADER, Rewriter, keyframe_start
 from golive.metrics import Metrics
 from golive.sessions import SessionRegistry
-
-log = structlog.get_logger(__name__)
 
 CACHE_PACKETS = 1024  # about 4 s of 2 Mbit/s video
 KEYFRAME_REQUEST_INTERVAL = 1.0  # at most one keyframe request per track per second
@@ -50,6 +49,7 @@ class Output:
     sender: ForwardingSender
     rewriter: Rewriter
     created: float  # when the viewer's offer arrived (loop time)
+    first_keyframe: Callable[[TrackId], None] | None  # tells the session's story
     told_fanout: bool = False
 
 
@@ -88,8 +88,16 @@ class TrackTap:
 
     # -- viewers ------------------------------------------------------------------------------
 
-    def attach(self, session: SessionId, sender: ForwardingSender, *, created: float) -> None:
-        """The viewer's sender for this track is connected: it may now be forwarded to."""
+    def attach(
+        self,
+        session: SessionId,
+        sender: ForwardingSender,
+        *,
+        created: float,
+        first_keyframe: Callable[[TrackId], None] | None = None,
+    ) -> None:
+        """The viewer's sender for this track is connected: it may now be forwarded to.
+        ``first_keyframe`` is called once, when the viewer's first packet is sent."""
         assert sender.codec is not None
         assert sender.codec.payloadType is not None
         rewriter = Rewriter(
@@ -98,7 +106,7 @@ class TrackTap:
             first_seq=random.randrange(0, 0x8000),  # noqa: S311  RTP needs unpredictable, not secret
             first_ts=random.randrange(0, 0x80000000),  # noqa: S311
         )
-        self._outputs[session] = Output(sender, rewriter, created)
+        self._outputs[session] = Output(sender, rewriter, created, first_keyframe)
         sender.on_keyframe_request = self.want_keyframe
         sender.on_nack = lambda lost: self.retransmit(session, lost)
 
@@ -174,14 +182,8 @@ class TrackTap:
         output.told_fanout = True
         seconds = self._loop.time() - output.created
         self._metrics.session_setup.labels("subscriber", "first_keyframe").observe(seconds)
-        log.info(
-            "first keyframe sent",
-            room=self.key.room,
-            session=session,
-            role="subscriber",
-            track=self.key.track_id,
-            seconds=round(seconds, 3),
-        )
+        if output.first_keyframe is not None:
+            output.first_keyframe(self.key.track_id)
         table = self._registry.routes(self.key)
         if table is not None and table.fanout is not None:
             tell_quietly(table.fanout, KeyframeDelivered(session))

@@ -11,6 +11,7 @@ admission and the end of sessions are the actors', through :class:`RoomService`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,8 @@ from aiortc.codecs import is_rtx
 from aiortc.rtcpeerconnection import is_codec_compatible
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.sdp import SessionDescription
+from opentelemetry import trace
+from opentelemetry.trace import Span, Status, StatusCode
 
 from golive.actors.messages import (
     Done,
@@ -33,7 +36,6 @@ from golive.actors.messages import (
     RoomName,
     SessionId,
     SubscriberAdmitted,
-    TraceCarrier,
     TrackId,
     TrackInfo,
     TrackKey,
@@ -48,12 +50,26 @@ from golive.media.hooks import (
 from golive.metrics import Metrics
 from golive.rooms import RoomService
 from golive.tasks import BackgroundTasks
+from golive.tracing import Tracing, now_ns
 
 log = structlog.get_logger(__name__)
 
 
 class InvalidOfferError(ValueError):
     """The offer is not SDP, or offers nothing golive can forward."""
+
+
+#: Ends that are failures (the session's span gets an error status): not a client leaving,
+#: a room closing or a shutdown.
+FAILURES = frozenset(
+    {
+        EndReason.PUBLISH_FAILED,
+        EndReason.NEGOTIATION_FAILED,
+        EndReason.ICE_FAILED,
+        EndReason.ROOM_FAILED,
+        EndReason.INTERNAL_ERROR,
+    }
+)
 
 
 @dataclass(eq=False)
@@ -71,17 +87,42 @@ class PeerSession:
     transport_end: EndReason | None = None  # why the transport went down, seen first
     owner: str = ""  # the creator's identity (golive.http.auth.Principal.identity)
     created: float = field(default_factory=lambda: asyncio.get_running_loop().time())
+    created_ns: int = field(default_factory=now_ns)  # the same instant, for the span
     connected: bool = False
+    span: Span = trace.INVALID_SPAN  # the session's span, from its offer to its end
 
     def age(self) -> float:
         """Seconds since the session's offer arrived, for the logs of its story."""
         return round(asyncio.get_running_loop().time() - self.created, 3)
+
+    def tell(self, event: str, *, level: int = logging.INFO, **fields: str) -> None:
+        """One step of the session's story: a log line an operator can filter by ``room`` and
+        ``session`` (with the seconds since the offer, and the session span's ids), and the
+        same step as an event on the session's span."""
+        seconds = self.age()
+        with trace.use_span(self.span, end_on_exit=False):
+            log.log(
+                level,
+                event,
+                room=self.room,
+                session=self.session,
+                role=self.role.value,
+                seconds=seconds,
+                **fields,
+            )
+        if self.span.is_recording():  # (not after the session's end)
+            self.span.add_event(event, {"seconds": seconds, **fields})
 
     def close(self, reason: EndReason) -> None:
         """The session ended (the actors decided): detach and close the peer connection."""
         if self.ended is not None:
             return
         self.ended = reason
+        self.tell("session ended", reason=reason.value)
+        self.span.set_attribute("golive.end_reason", reason.value)
+        if reason in FAILURES:
+            self.span.set_status(Status(StatusCode.ERROR, reason.value))
+        self.span.end()
         self.hub.closed(self)
 
 
@@ -135,10 +176,16 @@ def _with_rtx(
 
 class MediaHub:
     def __init__(
-        self, rooms: RoomService, *, metrics: Metrics, ice_servers: RTCConfiguration | None = None
+        self,
+        rooms: RoomService,
+        *,
+        metrics: Metrics,
+        tracing: Tracing | None = None,
+        ice_servers: RTCConfiguration | None = None,
     ) -> None:
         self._rooms = rooms
         self._metrics = metrics
+        self._tracing = tracing if tracing is not None else Tracing.disabled()
         self._configuration = ice_servers or RTCConfiguration(iceServers=[])
         self._sessions: dict[SessionId, PeerSession] = {}
         self._room_taps: dict[RoomName, list[TrackTap]] = {}
@@ -152,27 +199,26 @@ class MediaHub:
 
     # -- publish ------------------------------------------------------------------------------
 
-    async def publish(
-        self, room: RoomName, offer_sdp: str, trace: TraceCarrier = ()
-    ) -> Answered | Refused:
+    async def publish(self, room: RoomName, offer_sdp: str) -> Answered | Refused:
         """Answer a publisher's offer. Raises :class:`InvalidOfferError` (the room is left as it
         was: a failed publish leaves nothing behind)."""
         offer = parse_offer(offer_sdp)
-        peer = await self._admit(Role.PUBLISHER, room, trace)
+        peer = await self._admit(Role.PUBLISHER, room)
         if isinstance(peer, Refused):
             return peer
         try:
             answer, tracks = await self._answer_publisher(peer, offer_sdp, offer)
         except Exception as exc:
-            await self._rooms.leave(peer.session, EndReason.PUBLISH_FAILED, trace)
+            await self._rooms.leave(peer.session, EndReason.PUBLISH_FAILED)
             if isinstance(exc, InvalidOfferError):
                 raise
             raise InvalidOfferError(f"negotiation failed: {exc}") from exc
-        ready = await self._rooms.publisher_ready(peer.session, tracks, trace)
+        ready = await self._rooms.publisher_ready(peer.session, tracks)
         if not isinstance(ready, Done):  # ended meanwhile (admin close, shutdown)
             return ready
         self._room_taps[room] = peer.taps
         self._watch(peer)
+        peer.tell("session answered")
         return Answered(peer, answer)
 
     async def _answer_publisher(
@@ -209,26 +255,25 @@ class MediaHub:
 
     # -- play ---------------------------------------------------------------------------------
 
-    async def play(
-        self, room: RoomName, offer_sdp: str, trace: TraceCarrier = ()
-    ) -> Answered | Refused:
+    async def play(self, room: RoomName, offer_sdp: str) -> Answered | Refused:
         """Answer a viewer's offer. Raises :class:`InvalidOfferError` if it matches no track."""
         offer = parse_offer(offer_sdp)
-        peer = await self._admit(Role.SUBSCRIBER, room, trace)
+        peer = await self._admit(Role.SUBSCRIBER, room)
         if isinstance(peer, Refused):
             return peer
         taps = self.taps(room)
         if not taps:  # the publisher left between the admission and now
-            await self._rooms.leave(peer.session, EndReason.NEGOTIATION_FAILED, trace)
+            await self._rooms.leave(peer.session, EndReason.NEGOTIATION_FAILED)
             return Refused(Refusal.NO_PUBLISHER)
         try:
             answer = await self._answer_viewer(peer, offer_sdp, offer, taps)
         except Exception as exc:
-            await self._rooms.leave(peer.session, EndReason.NEGOTIATION_FAILED, trace)
+            await self._rooms.leave(peer.session, EndReason.NEGOTIATION_FAILED)
             if isinstance(exc, InvalidOfferError):
                 raise
             raise InvalidOfferError(f"negotiation failed: {exc}") from exc
         self._watch(peer)
+        peer.tell("session answered")
         return Answered(peer, answer)
 
     async def _answer_viewer(
@@ -272,26 +317,36 @@ class MediaHub:
 
     def _sender_ready(self, peer: PeerSession, tap: TrackTap, sender: ForwardingSender) -> None:
         if peer.ended is None and tap in self._room_taps.get(peer.room, ()):
-            tap.attach(peer.session, sender, created=peer.created)
+            tap.attach(
+                peer.session,
+                sender,
+                created=peer.created,
+                first_keyframe=lambda track: peer.tell("first keyframe sent", track=track),
+            )
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    async def _admit(
-        self, role: Role, room: RoomName, trace: TraceCarrier
-    ) -> PeerSession | Refused:
+    async def _admit(self, role: Role, room: RoomName) -> PeerSession | Refused:
         """Ask the actors to admit a new session of ``role`` (before any negotiation)."""
         peer = PeerSession(self, role, room, ForwardingPeerConnection(self._configuration))
         if role is Role.PUBLISHER:
             reply: PublisherClaimed | SubscriberAdmitted | Refused = await self._rooms.publish(
-                room, peer, trace
+                room, peer
             )
         else:
-            reply = await self._rooms.subscribe(room, peer, trace)
+            reply = await self._rooms.subscribe(room, peer)
         if isinstance(reply, Refused):
             self._tasks.spawn(peer.pc.close())
             return reply
         peer.session = reply.session
         self._sessions[peer.session] = peer
+        # A child of the request's span, outliving it: the session's story is told on it.
+        peer.span = self._tracing.start_session(
+            f"{'whip' if role is Role.PUBLISHER else 'whep'} session",
+            peer.created_ns,
+            {"golive.room": room, "golive.session": peer.session, "golive.role": role.value},
+        )
+        peer.tell("session requested")
         return peer
 
     def _watch(self, peer: PeerSession) -> None:
@@ -322,17 +377,21 @@ class MediaHub:
         """Tell a remote DTLS close (ICE still up) from ICE failure or lost consent (RFC 7675:
         ICE went down first), at the moment DTLS ends."""
 
-        fields = {"room": peer.room, "session": peer.session, "role": peer.role.value}
-
         @dtls.transport.on("statechange")  # type: ignore[untyped-decorator]
         def on_ice_state() -> None:
-            if dtls.transport.state == "completed":
-                log.info("ice connected", **fields, seconds=peer.age())
+            state = str(dtls.transport.state)
+            if state == "completed":
+                peer.tell("ice connected")
+            else:
+                peer.tell("ice state", level=logging.DEBUG, state=state)
 
         @dtls.on("statechange")  # type: ignore[untyped-decorator]
         def on_dtls_state() -> None:
-            if dtls.state == "connected":
-                log.info("dtls connected", **fields, seconds=peer.age())
+            state = str(dtls.state)
+            if state == "connected":
+                peer.tell("dtls connected")
+            else:
+                peer.tell("dtls state", level=logging.DEBUG, state=state)
             if peer.transport_end is not None or dtls.state not in ("closed", "failed"):
                 return
             ice_down = dtls.transport.state in ("closed", "failed") or ice_closing(dtls)

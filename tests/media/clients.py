@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -45,14 +46,16 @@ class Answer:
     body: bytes
 
 
-async def post_offer(base_url: str, path: str, pc: RTCPeerConnection) -> Answer:
+async def post_offer(
+    base_url: str, path: str, pc: RTCPeerConnection, headers: Mapping[str, str] | None = None
+) -> Answer:
     await pc.setLocalDescription(await pc.createOffer())
     async with (
         aiohttp.ClientSession() as http,
         http.post(
             base_url + path,
             data=pc.localDescription.sdp,
-            headers={"Content-Type": "application/sdp"},
+            headers={"Content-Type": "application/sdp", **(headers or {})},
         ) as response,
     ):
         body = await response.read()
@@ -69,8 +72,11 @@ async def post_offer(base_url: str, path: str, pc: RTCPeerConnection) -> Answer:
     return answer
 
 
-async def delete(base_url: str, location: str) -> int:
-    async with aiohttp.ClientSession() as http, http.delete(base_url + location) as response:
+async def delete(base_url: str, location: str, headers: Mapping[str, str] | None = None) -> int:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.delete(base_url + location, headers=headers) as response,
+    ):
         return response.status
 
 
@@ -80,12 +86,14 @@ class Publisher:
     answer: Answer
 
 
-async def publish(base_url: str, room: str, *, audio: bool = True) -> Publisher:
+async def publish(
+    base_url: str, room: str, *, audio: bool = True, headers: Mapping[str, str] | None = None
+) -> Publisher:
     pc = RTCPeerConnection()
     pc.addTransceiver(PatternTrack(), direction="sendonly")
     if audio:
         pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
-    answer = await post_offer(base_url, f"/api/whip/publish/{room}", pc)
+    answer = await post_offer(base_url, f"/api/whip/publish/{room}", pc, headers)
     return Publisher(pc, answer)
 
 
@@ -109,7 +117,7 @@ class Viewer:
             return
 
 
-async def view(base_url: str, room: str) -> Viewer:
+async def view(base_url: str, room: str, headers: Mapping[str, str] | None = None) -> Viewer:
     pc = RTCPeerConnection()
     video = pc.addTransceiver("video", direction="recvonly")
     pc.addTransceiver("audio", direction="recvonly")
@@ -132,7 +140,7 @@ async def view(base_url: str, room: str) -> Viewer:
     def on_track(track: MediaStreamTrack) -> None:
         viewer.tasks.append(asyncio.ensure_future(viewer._consume(track)))
 
-    viewer.answer = await post_offer(base_url, f"/api/whep/play/{room}", pc)
+    viewer.answer = await post_offer(base_url, f"/api/whep/play/{room}", pc, headers)
     return viewer
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from golive.actors.messages import RoomName, TraceCarrier
+from golive.actors.messages import RoomName
 from golive.http import whip
 from golive.http.keys import MEDIA
 from golive.media.peers import PeerSession
@@ -86,9 +86,9 @@ async def test_gstreamer_publishes_with_trickle_and_a_viewer_decodes(
     hub = server.app[MEDIA]
     publish = hub.publish
 
-    async def record_offer(room: RoomName, offer_sdp: str, trace: TraceCarrier = ()) -> object:
+    async def record_offer(room: RoomName, offer_sdp: str) -> object:
         offers.append(offer_sdp)
-        return await publish(room, offer_sdp, trace)
+        return await publish(room, offer_sdp)
 
     monkeypatch.setattr(hub, "publish", record_offer)
     env = {

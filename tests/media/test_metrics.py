@@ -62,8 +62,8 @@ async def test_join_stages_loop_lag_and_actors_are_measured(server: ServerThread
 
 
 async def test_a_viewers_life_tells_a_story_in_the_logs(server: ServerThread) -> None:
-    """Filter by session: answered, ICE connected, DTLS connected, first keyframe, ended (and
-    why), with the seconds since the offer where they apply."""
+    """Filter by session: requested, answered, ICE connected, DTLS connected, first keyframe,
+    ended (and why), each with the seconds since the offer."""
     publisher = await publish(server.url, "story")
     with structlog.testing.capture_logs() as logs:
         viewer = await view(server.url, "story")
@@ -78,17 +78,71 @@ async def test_a_viewers_life_tells_a_story_in_the_logs(server: ServerThread) ->
     story = [entry for entry in logs if entry.get("session") == session]
     events = [entry["event"] for entry in story]
     expected = [
+        "session requested",
         "session answered",
         "ice connected",
         "dtls connected",
         "first keyframe sent",
-        "subscriber ended",
+        "session ended",
     ]
     assert [event for event in events if event in expected] == expected, str(events)
     for entry in story:
         if entry["event"] in expected:  # each can be filtered by room too, and is not debug
             assert (entry["room"], entry["log_level"]) == ("story", "info"), entry
-    timed = [e for e in story if e["event"] in expected[:4]]
+    timed = [e for e in story if e["event"] in expected]
     assert all(0 <= e["seconds"] < DEADLINE for e in timed)
     assert [e["seconds"] for e in timed] == sorted(e["seconds"] for e in timed)
-    assert story[events.index("subscriber ended")]["reason"] == "client_left"
+    assert story[events.index("session ended")]["reason"] == "client_left"
+    assert story[events.index("first keyframe sent")]["track"]
+
+
+def value(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float | None:
+    return samples.get((name, tuple(sorted(labels.items()))))
+
+
+async def test_go_lives_series_and_sessions_move_with_a_session_and_vanish_with_its_room(
+    server: ServerThread,
+) -> None:
+    """The series an operator watches, scraped as Prometheus would during one room's life."""
+    before = await scrape(server)
+    assert value(before, "live_rooms") == 0
+    publisher = await publish(server.url, "watched")
+    viewer = await view(server.url, "watched")
+    try:
+        await asyncio.wait_for(viewer.got_video.wait(), DEADLINE)
+        live = await scrape(server)
+        assert value(live, "live_rooms") == 1
+        assert value(live, "live_subscribers", room="watched") == 1
+        assert value(live, "golive_sessions", role="publisher") == 1
+        assert value(live, "golive_sessions", role="subscriber") == 1
+        packets = value(live, "live_rtp_packets_total", room="watched")
+        payload = value(live, "live_rtp_bytes_total", room="watched")
+        assert packets is not None
+        assert payload is not None
+        assert packets > 0
+        assert payload > 12 * packets  # payload bytes: more than a header's worth each
+        # Forwarding goes on: the counters keep moving while media flows.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DEADLINE
+        while (value(await scrape(server), "live_rtp_packets_total", room="watched") or 0) <= (
+            packets
+        ):
+            assert loop.time() < deadline, "live_rtp_packets_total stopped moving"
+            await asyncio.sleep(0.05)
+        assert await delete(server.url, viewer.answer.location) == 200
+        left = await scrape(server)
+        assert value(left, "live_subscribers", room="watched") == 0
+        assert value(left, "golive_sessions", role="subscriber") == 0
+        assert value(left, "golive_sessions_ended_total", role="subscriber", reason="client_left")
+        assert await delete(server.url, publisher.answer.location) == 200
+    finally:
+        await close_all(publisher, viewer)
+    after = await scrape(server)
+    assert value(after, "live_rooms") == 0
+    assert value(after, "golive_sessions", role="publisher") == 0
+    ended = value(after, "golive_sessions_ended_total", role="publisher", reason="publisher_left")
+    assert ended == 1
+    # The room's label values are gone with it: cardinality follows the live rooms.
+    assert not [key for key in after if ("room", "watched") in key[1]], after.keys()
