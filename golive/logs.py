@@ -34,6 +34,7 @@ import structlog.dev
 import structlog.processors
 import structlog.stdlib
 import structlog.tracebacks
+from aiohttp.http_exceptions import HttpProcessingError
 from opentelemetry import trace
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ LEVELS: Final[Mapping[str, int]] = MappingProxyType(
 )
 
 _HANDLER_NAME: Final = "golive"
+SERVER_ERROR: Final = 500
 _FIRST_KEYS: Final = ("timestamp", "level", "event", "logger")
 _MAX_DEPTH: Final = 16
 
@@ -165,6 +167,31 @@ def add_trace_ids(_logger: WrappedLogger, _method_name: str, event_dict: EventDi
     return event_dict
 
 
+class MalformedRequests(logging.Filter):
+    """aiohttp logs every malformed HTTP request at ERROR with a traceback, so any client could
+    flood the logs with errors that are its own. Such a request is answered 400 and shows in
+    the access log; its record becomes one debug line naming the problem, without traceback
+    (dropped below debug). Server-side errors (5xx) are left as they are."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self._level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if record.name != "aiohttp.server" or not isinstance(error, HttpProcessingError):
+            return True
+        if error.code >= SERVER_ERROR:
+            return True
+        if self._level > logging.DEBUG:
+            return False
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        problem = error.message.splitlines()[0] if error.message else type(error).__name__
+        record.msg, record.args = "malformed HTTP request: %s (%s)", (problem, error.code)
+        record.exc_info = record.exc_text = None
+        return True
+
+
 def _order_keys(_logger: WrappedLogger, _method_name: str, event_dict: EventDict) -> EventDict:
     """Put timestamp, level, event and logger first: lines read well in a terminal too."""
     ordered = {key: event_dict.pop(key) for key in _FIRST_KEYS if key in event_dict}
@@ -224,6 +251,7 @@ def configure_logging(
     handler = logging.StreamHandler(output)
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(formatter)
+    handler.addFilter(MalformedRequests(numeric_level))
 
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:

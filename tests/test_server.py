@@ -13,6 +13,7 @@ import os
 import queue
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -272,6 +273,44 @@ def test_every_stdout_line_is_a_structured_record(start_golive: StartGolive) -> 
     assert {"golive.server", "aiohttp.access", "pykka"} <= loggers
     (listening,) = [record for record in logged if record["event"] == LISTENING]
     assert listening["config"]["HTTP_ADDR"] == "127.0.0.1:0"
+
+
+MALFORMED = (
+    b"GARBAGE\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+)
+
+
+def send_raw(url: str, payload: bytes) -> bytes:
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(payload)
+        return connection.recv(1024)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("level", ["info", "debug"])
+def test_malformed_requests_are_the_clients_error_not_the_servers(
+    start_golive: StartGolive, level: str
+) -> None:
+    """aiohttp would log each at ERROR with a traceback: a client could flood the logs."""
+    golive = start_golive({"LOG_LEVEL": level})
+    golive.wait_listening()
+    for payload in MALFORMED:
+        assert send_raw(golive.url, payload).startswith(b"HTTP/1.0 400 ")
+    assert golive.stop() == 0
+    logged = records(golive.stdout)
+    assert not [r for r in logged if r["level"] in {"warning", "error"}], logged
+    assert not [r for r in logged if "exception" in r]
+    bad = [r for r in logged if str(r["event"]).startswith("malformed HTTP request")]
+    if level == "debug":  # one line each, naming the problem
+        assert [(r["level"], r["logger"]) for r in bad] == [("debug", "aiohttp.server")] * 2
+        assert "Content-Length" in bad[1]["event"]
+        assert "\n" not in bad[1]["event"]
+    else:
+        assert not bad
+    access = [r for r in logged if r.get("logger") == "aiohttp.access"]
+    assert len([r for r in access if '" 400 ' in r["event"]]) == 2  # still in the access log
 
 
 # --------------------------------------------------------------------------- bad settings
