@@ -27,6 +27,7 @@ from golive.http.limits import AdmissionLimits
 from golive.http.openapi import add_routes as add_openapi_routes
 from golive.http.ratelimit import rate_limit_middleware
 from golive.http.records import add_routes as add_record_routes
+from golive.http.web import add_routes as add_web_routes
 from golive.http.whip import add_routes as add_whip_routes
 from golive.media import hooks
 from golive.media.peers import MediaHub
@@ -61,6 +62,7 @@ def create_app(config: Config, *, metrics: Metrics | None = None) -> web.Applica
     add_record_routes(app, config)
     add_openapi_routes(app)
     add_debug_routes(app, config)
+    add_web_routes(app)
     return app
 
 
