@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import socket
 import threading
 import time
 import urllib.request
@@ -12,6 +13,7 @@ from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -23,6 +25,17 @@ from golive.rooms import RoomService
 from golive.tracing import Tracing
 
 T = TypeVar("T")
+
+
+def require_loopback_namespace() -> None:
+    """Fail unless this process is in a network namespace with nothing but ``lo`` (WebRTC
+    tests must never reach a real network: ``make test`` or ``scripts/loopback-netns``)."""
+    interfaces = [name for _, name in socket.if_nameindex()]
+    if interfaces != ["lo"]:
+        pytest.fail(
+            "WebRTC tests run only in a loopback-only network namespace "
+            f"(this one has {interfaces}): use `make test` or scripts/loopback-netns"
+        )
 
 
 def wait_until(condition: Callable[[], bool], *, timeout: float = 10.0, what: str = "") -> None:

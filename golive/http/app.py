@@ -28,6 +28,7 @@ from golive.http.openapi import add_routes as add_openapi_routes
 from golive.http.ratelimit import rate_limit_middleware
 from golive.http.records import add_routes as add_record_routes
 from golive.http.tracing import tracing_middleware
+from golive.http.web import add_routes as add_web_routes
 from golive.http.whip import add_routes as add_whip_routes
 from golive.media import hooks
 from golive.media.peers import MediaHub
@@ -71,6 +72,7 @@ def create_app(
     add_record_routes(app, config)
     add_openapi_routes(app)
     add_debug_routes(app, config)
+    add_web_routes(app)
     return app
 
 

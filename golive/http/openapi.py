@@ -28,6 +28,7 @@ PATH: Final = "/api/openapi.json"
 
 _ROOM_PATTERN: Final = "^[A-Za-z0-9_-]{1,64}$"
 _SESSION_PATTERN: Final = "^[0-9a-f]{32}$"
+_WEB_FILE_PATTERN: Final = "^[a-z0-9-]{1,64}\\.(html|js|css|svg)$"
 _RECORD_PATTERN: Final = "^[A-Za-z0-9_-]{1,64}_[A-Za-z0-9_-]{1,64}_[0-9]{1,12}\\.(ivf|ogg|mkv)$"
 _MAX_BODY: Final = 1 << 20
 _SDP: Final = "application/sdp"
@@ -270,6 +271,26 @@ def _record_operation(method: str) -> dict[str, Any]:
     }
 
 
+def _to_index(operation_id: str, summary: str) -> dict[str, Any]:
+    return {
+        "tags": ["web"],
+        "operationId": operation_id,
+        "summary": summary,
+        "security": _PUBLIC,
+        "responses": {
+            "302": {
+                "description": "Redirect to the rooms page.",
+                "headers": {
+                    "Location": {
+                        "description": "`/web/index.html`.",
+                        "schema": {"type": "string", "const": "/web/index.html"},
+                    },
+                },
+            },
+        },
+    }
+
+
 _SCHEMAS: Final[dict[str, Any]] = {
     "Error": {
         "type": "object",
@@ -430,6 +451,13 @@ _PARAMETERS: Final[dict[str, Any]] = {
         "description": "`{room}_{trackID}_{unix_ts}.{ivf|ogg|mkv}`; any other name is `404`.",
         "schema": {"type": "string", "pattern": _RECORD_PATTERN},
     },
+    "webFile": {
+        "name": "file",
+        "in": "path",
+        "required": True,
+        "description": "A file of the pages (`index.html`, `player.js`...); any other: `404`.",
+        "schema": {"type": "string", "pattern": _WEB_FILE_PATTERN},
+    },
     "IfMatch": {
         "name": "If-Match",
         "in": "header",
@@ -556,6 +584,7 @@ OPENAPI: Final[dict[str, Any]] = {
         {"name": "admin", "description": "Admin actions."},
         {"name": "records", "description": "Recordings on disk."},
         {"name": "meta", "description": "This document."},
+        {"name": "web", "description": "The pages: rooms, publish, watch, recordings."},
     ],
     "paths": {
         "/healthz": {
@@ -664,6 +693,54 @@ OPENAPI: Final[dict[str, Any]] = {
             "parameters": [_ref("parameters", "recordName")],
             "get": _record_operation("get"),
             "head": _record_operation("head"),
+        },
+        "/": {"get": _to_index("webRoot", "The server's root: its rooms page.")},
+        "/web": {"get": _to_index("webFolder", "The pages' folder: its rooms page.")},
+        "/web/": {"get": _to_index("webDirectory", "The pages' folder: its rooms page.")},
+        "/web/{file}": {
+            "parameters": [_ref("parameters", "webFile")],
+            "get": {
+                "tags": ["web"],
+                "operationId": "webFile",
+                "summary": "One file of the pages (HTML, ES module, stylesheet, icon).",
+                "description": (
+                    "The pages ship inside the package and are served from memory: "
+                    "`index.html` (live rooms), `publisher.html` (publish the camera over "
+                    "WHIP), `player.html` (watch over WHEP), `records.html` (recordings, "
+                    "admin), their modules and stylesheet. Public: the credentials typed into "
+                    "a page go only into its API calls. Pages carry a "
+                    "`Content-Security-Policy` that runs only the server's own scripts."
+                ),
+                "security": _PUBLIC,
+                "parameters": [_ref("parameters", "IfNoneMatch")],
+                "responses": {
+                    "200": {
+                        "description": "The file.",
+                        "headers": {
+                            "ETag": _ref("headers", "FileETag"),
+                            "Cache-Control": {
+                                "description": "`no-cache`: revalidated on every load.",
+                                "schema": {"type": "string", "const": "no-cache"},
+                            },
+                            "Content-Security-Policy": {
+                                "description": "On pages only.",
+                                "schema": {"type": "string"},
+                            },
+                        },
+                        "content": {
+                            kind: {"schema": {"type": "string"}}
+                            for kind in (
+                                "text/html",
+                                "text/javascript",
+                                "text/css",
+                                "image/svg+xml",
+                            )
+                        },
+                    },
+                    "304": {"description": "Not modified (`If-None-Match`)."},
+                    "404": _error('`{"error": "not found"}`: no such file.'),
+                },
+            },
         },
     },
     "components": {

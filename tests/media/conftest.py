@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 
 import pytest
 
-from tests.support import ServerThread, running_server
+from tests.support import ServerThread, require_loopback_namespace, running_server
 
 
 @pytest.fixture(autouse=True)
 def loopback_only() -> None:
     """Refuse to run WebRTC anywhere but in a network namespace with nothing but ``lo``."""
-    interfaces = [name for _, name in socket.if_nameindex()]
-    if interfaces != ["lo"]:
-        pytest.fail(
-            "WebRTC tests run only in a loopback-only network namespace "
-            f"(this one has {interfaces}): use `make test` or scripts/loopback-netns"
-        )
+    require_loopback_namespace()
 
 
 @pytest.fixture
