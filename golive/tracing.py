@@ -34,7 +34,7 @@ from golive import __version__
 from golive.actors.messages import TraceCarrier
 from golive.config import Config
 
-__all__ = ["Tracing", "traces_endpoint"]
+__all__ = ["Tracing", "now_ns", "traces_endpoint"]
 
 _PROPAGATOR: Final = TraceContextTextMapPropagator()
 _NOTHING: Final = contextlib.nullcontext()  # reusable: it holds no state
