@@ -160,5 +160,10 @@ class RecordingStore:
             entries = [e for e in os.scandir(folder) if NAME_PATTERN.fullmatch(e.name)]
         except FileNotFoundError:
             return []
-        entries.sort(key=lambda e: (e.stat().st_mtime, e.name))
-        return [e.name for e in entries]
+        dated: list[tuple[float, str]] = []
+        for entry in entries:
+            try:
+                dated.append((entry.stat().st_mtime, entry.name))
+            except FileNotFoundError:  # unmarked meanwhile (by another thread): no longer marked
+                continue
+        return [name for _, name in sorted(dated)]

@@ -470,3 +470,22 @@ def test_target_from_config_hides_the_credentials(tmp_path: Path) -> None:
     assert ACCESS_KEY not in repr(target)
     assert target.redact(f"bad {ACCESS_KEY} {SECRET_KEY}") == "bad *** ***"
     minio_client(target)  # builds without touching the network
+
+
+def test_a_marker_removed_while_listing_is_no_longer_pending(
+    store: RecordingStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The uploader unmarks in its thread while another lists (it failed a clean-clone run):
+    the listing sees the directory, then one marker goes before it is dated. A race that
+    cannot be timed from a test, so the listing is interrupted at that point."""
+    first = record(store, b"first", track="t1")
+    second = record(store, b"second", track="t2")
+    real_scandir = os.scandir
+
+    def scandir_then_unmark(path: str | Path) -> list[os.DirEntry[str]]:
+        entries = list(real_scandir(path))
+        store.uploaded(first.name, delete=False)  # what the uploader does meanwhile
+        return entries
+
+    monkeypatch.setattr(os, "scandir", scandir_then_unmark)  # (golive.recordings uses os.scandir)
+    assert store.pending_uploads() == [second]
