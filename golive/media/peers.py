@@ -151,9 +151,22 @@ def parse_offer(sdp: str) -> SessionDescription:
         if section.ice is None or not section.ice.usernameFragment or not section.ice.password:
             raise InvalidOfferError("a media section has no ICE credentials")
     mids = {m.rtp.muxId for m in parsed.media if m.rtp.muxId}
+    # The sections aiortc makes a transport for: each audio and video one, and the first
+    # application one (its one SCTP transport). A BUNDLE group led by any other leaves the
+    # bundled sections without a transport: the connect task, and later the close, die on it
+    # unreported, and the session never connects nor fails.
+    transported = {m.rtp.muxId for m in parsed.media if m.kind in ("audio", "video")}
+    applications = [m for m in parsed.media if m.kind == "application"]
+    if applications:
+        transported.add(applications[0].rtp.muxId)
     for group in parsed.group:
-        if group.semantic == "BUNDLE" and not {str(item) for item in group.items} <= mids:
+        if group.semantic != "BUNDLE" or not group.items:
+            continue
+        items = [str(item) for item in group.items]
+        if not set(items) <= mids:
             raise InvalidOfferError("a BUNDLE group names a media section that does not exist")
+        if items[0] not in transported:
+            raise InvalidOfferError("a BUNDLE group is led by a section without a transport")
     return parsed
 
 

@@ -4,15 +4,19 @@ server and real aiortc offers."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import json
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import aiohttp
 import pytest
+import structlog.testing
 from aiortc import RTCPeerConnection, RTCRtpReceiver
 
+from golive.http.keys import MEDIA
 from tests.media.clients import PatternTrack, close_all, publish, view
 from tests.support import ServerThread, running_server
 
@@ -275,3 +279,49 @@ async def test_a_viewer_is_answered_only_codecs_it_offered(server: ServerThread)
 async def local_offer(pc: RTCPeerConnection) -> str:
     await pc.setLocalDescription(await pc.createOffer())
     return str(pc.localDescription.sdp)
+
+
+@pytest.mark.parametrize("leader", ["second-application", "text"])
+async def test_an_offer_bundled_under_a_section_without_transport_is_refused(
+    server: ServerThread, leader: str
+) -> None:
+    """Found by the fuzz: aiortc makes one transport per audio/video section and one for the
+    first application section. A BUNDLE group led by another section left the bundled tracks
+    with none; the offer was refused, but the connect task aiortc had already scheduled died
+    unreported (and the peer connection's close failed). Refused now before aiortc sees it."""
+    pc = RTCPeerConnection()
+    pc.addTransceiver(PatternTrack(), direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    offer = pc.localDescription.sdp
+    await pc.close()
+    mid = re.search(r"^a=mid:(\S+)", offer, re.MULTILINE)
+    assert mid is not None
+    # every section needs ICE credentials and a fingerprint to be considered at all
+    credentials = "".join(
+        line + "\r\n"
+        for line in offer.split("\r\n")
+        if line.startswith(("a=ice-ufrag:", "a=ice-pwd:", "a=fingerprint:", "a=setup:"))
+    )
+    if leader == "text":
+        extra = f"m=text 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:x\r\n{credentials}"
+    else:
+        app = "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=sctp-port:5000\r\n"
+        extra = f"{app}a=mid:d\r\n{credentials}{app}a=mid:x\r\n{credentials}"
+    offer = offer.replace(f"a=group:BUNDLE {mid[1]}", f"a=group:BUNDLE x {mid[1]}") + extra
+    failures: list[str] = []
+
+    def unhandled(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        failures.append(f"{context.get('message')}: {context.get('exception')!r}")
+
+    server.call(lambda: server._loop.set_exception_handler(unhandled))
+    try:
+        with structlog.testing.capture_logs() as logs:
+            status, _, body = await request(server, "POST", f"{WHIP}/odd", data=offer, headers=SDP)
+            await asyncio.to_thread(server.run, server.app[MEDIA].shutdown())  # closes done
+        server.call(gc.collect)  # a failed task is reported when it is collected
+    finally:
+        server.call(lambda: server._loop.set_exception_handler(None))
+    assert (status, json.loads(body)) == (400, {"error": "invalid SDP"})
+    assert rooms(server) == []
+    assert failures == []
+    assert [e for e in logs if e["log_level"] in ("warning", "error")] == []
