@@ -72,6 +72,9 @@ DEFAULT_LOG_LEVEL: Final[LogLevel] = "info"
 DEFAULT_LOG_FORMAT: Final[LogFormat] = "json"
 DEFAULT_SHUTDOWN_TIMEOUT_SECONDS: Final = 10.0
 DEFAULT_ACTOR_TIMEOUT_SECONDS: Final = 5.0
+# A session not connected (ICE and DTLS) this long after its offer is ended: a client that
+# trickles and vanishes before sending a candidate would otherwise hold it (and a room) forever.
+DEFAULT_SESSION_CONNECT_TIMEOUT_SECONDS: Final = 30.0
 DEFAULT_UPLOAD_RETRY_BASE_SECONDS: Final = 1.0
 DEFAULT_UPLOAD_RETRY_MAX_SECONDS: Final = 60.0
 DEFAULT_UPLOAD_MAX_ATTEMPTS: Final = 10
@@ -427,6 +430,7 @@ class Config:
     log_format: LogFormat = DEFAULT_LOG_FORMAT
     shutdown_timeout_seconds: float = DEFAULT_SHUTDOWN_TIMEOUT_SECONDS
     actor_timeout_seconds: float = DEFAULT_ACTOR_TIMEOUT_SECONDS
+    session_connect_timeout_seconds: float = DEFAULT_SESSION_CONNECT_TIMEOUT_SECONDS
     upload_retry_base_seconds: float = DEFAULT_UPLOAD_RETRY_BASE_SECONDS
     upload_retry_max_seconds: float = DEFAULT_UPLOAD_RETRY_MAX_SECONDS
     upload_max_attempts: int = DEFAULT_UPLOAD_MAX_ATTEMPTS
@@ -529,6 +533,12 @@ class Config:
                 "ACTOR_TIMEOUT_SECONDS",
                 get("ACTOR_TIMEOUT_SECONDS"),
                 DEFAULT_ACTOR_TIMEOUT_SECONDS,
+                positive=True,
+            ),
+            session_connect_timeout_seconds=_parse_float(
+                "SESSION_CONNECT_TIMEOUT_SECONDS",
+                get("SESSION_CONNECT_TIMEOUT_SECONDS"),
+                DEFAULT_SESSION_CONNECT_TIMEOUT_SECONDS,
                 positive=True,
             ),
             upload_retry_base_seconds=_parse_float(
@@ -646,6 +656,7 @@ class Config:
             "LOG_FORMAT": self.log_format,
             "SHUTDOWN_TIMEOUT_SECONDS": self.shutdown_timeout_seconds,
             "ACTOR_TIMEOUT_SECONDS": self.actor_timeout_seconds,
+            "SESSION_CONNECT_TIMEOUT_SECONDS": self.session_connect_timeout_seconds,
             "UPLOAD_RETRY_BASE_SECONDS": self.upload_retry_base_seconds,
             "UPLOAD_RETRY_MAX_SECONDS": self.upload_retry_max_seconds,
             "UPLOAD_MAX_ATTEMPTS": self.upload_max_attempts,

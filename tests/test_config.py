@@ -70,6 +70,7 @@ ALL_VARIABLES = frozenset(
         "LOG_FORMAT",
         "SHUTDOWN_TIMEOUT_SECONDS",
         "ACTOR_TIMEOUT_SECONDS",
+        "SESSION_CONNECT_TIMEOUT_SECONDS",
         "UPLOAD_RETRY_BASE_SECONDS",
         "UPLOAD_RETRY_MAX_SECONDS",
         "UPLOAD_MAX_ATTEMPTS",
@@ -132,6 +133,7 @@ FULL_ENV = {
     "LOG_FORMAT": "Console",
     "SHUTDOWN_TIMEOUT_SECONDS": "2.5",
     "ACTOR_TIMEOUT_SECONDS": "0.75",
+    "SESSION_CONNECT_TIMEOUT_SECONDS": "12.5",
     "UPLOAD_RETRY_BASE_SECONDS": "0.5",
     "UPLOAD_RETRY_MAX_SECONDS": "30",
     "UPLOAD_MAX_ATTEMPTS": "4",
@@ -197,6 +199,7 @@ def test_defaults() -> None:
     assert config.log_format == "json"
     assert config.shutdown_timeout_seconds == 10
     assert config.actor_timeout_seconds == 5
+    assert config.session_connect_timeout_seconds == 30
     assert config.secrets() == ()
 
 
@@ -268,6 +271,7 @@ def test_every_variable_set() -> None:
     assert config.log_format == "console"
     assert config.shutdown_timeout_seconds == 2.5
     assert config.actor_timeout_seconds == 0.75
+    assert config.session_connect_timeout_seconds == 12.5
 
 
 @pytest.mark.parametrize(
@@ -451,6 +455,8 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("SHUTDOWN_TIMEOUT_SECONDS", "ten"),
     ("ACTOR_TIMEOUT_SECONDS", "0.0"),
     ("ACTOR_TIMEOUT_SECONDS", "soon"),
+    ("SESSION_CONNECT_TIMEOUT_SECONDS", "0"),
+    ("SESSION_CONNECT_TIMEOUT_SECONDS", "later"),
     ("UPLOAD_RETRY_BASE_SECONDS", "0"),
     ("UPLOAD_RETRY_MAX_SECONDS", "forever"),
     ("UPLOAD_MAX_ATTEMPTS", "0"),

@@ -98,7 +98,12 @@ async def _actors(app: web.Application) -> AsyncIterator[None]:
     )
     hooks.install(config.ice_host_addresses)
     restrict_udp_ports(asyncio.get_running_loop(), config.ice_port_min, config.ice_port_max)
-    app[MEDIA] = MediaHub(app[ROOMS], metrics=app[METRICS], tracing=app[TRACING])
+    app[MEDIA] = MediaHub(
+        app[ROOMS],
+        metrics=app[METRICS],
+        tracing=app[TRACING],
+        connect_timeout=config.session_connect_timeout_seconds,
+    )
     try:
         yield
     finally:

@@ -40,6 +40,7 @@ from golive.actors.messages import (
     TrackInfo,
     TrackKey,
 )
+from golive.config import DEFAULT_SESSION_CONNECT_TIMEOUT_SECONDS
 from golive.media.forwarding import TrackTap
 from golive.media.hooks import (
     ForwardingPeerConnection,
@@ -89,6 +90,7 @@ class PeerSession:
     created: float = field(default_factory=lambda: asyncio.get_running_loop().time())
     created_ns: int = field(default_factory=now_ns)  # the same instant, for the span
     connected: bool = False
+    deadline: asyncio.TimerHandle | None = None  # ends the session if it never connects
     span: Span = trace.INVALID_SPAN  # the session's span, from its offer to its end
 
     def age(self) -> float:
@@ -118,6 +120,8 @@ class PeerSession:
         if self.ended is not None:
             return
         self.ended = reason
+        if self.deadline is not None:
+            self.deadline.cancel()
         self.tell("session ended", reason=reason.value)
         self.span.set_attribute("golive.end_reason", reason.value)
         if reason in FAILURES:
@@ -195,8 +199,10 @@ class MediaHub:
         metrics: Metrics,
         tracing: Tracing | None = None,
         ice_servers: RTCConfiguration | None = None,
+        connect_timeout: float = DEFAULT_SESSION_CONNECT_TIMEOUT_SECONDS,
     ) -> None:
         self._rooms = rooms
+        self._connect_timeout = connect_timeout
         self._metrics = metrics
         self._tracing = tracing if tracing is not None else Tracing.disabled()
         self._configuration = ice_servers or RTCConfiguration(iceServers=[])
@@ -364,6 +370,10 @@ class MediaHub:
 
     def _watch(self, peer: PeerSession) -> None:
         pc = peer.pc
+        remaining = max(0.0, self._connect_timeout - peer.age())
+        peer.deadline = asyncio.get_running_loop().call_later(
+            remaining, self._never_connected, peer
+        )
         for dtls in {t.receiver.transport for t in pc.getTransceivers()}:
             self._watch_transport(peer, dtls)
 
@@ -378,12 +388,23 @@ class MediaHub:
             if state == "connected":
                 if not peer.connected:
                     peer.connected = True
+                    if peer.deadline is not None:
+                        peer.deadline.cancel()
                     self._metrics.session_setup.labels(peer.role.value, "connected").observe(
                         asyncio.get_running_loop().time() - peer.created
                     )
                 self._rooms.peer_connected(peer.session)
             elif state in ("failed", "closed"):
                 self._rooms.peer_failed(peer.session, peer.transport_end or EndReason.ICE_FAILED)
+
+    def _never_connected(self, peer: PeerSession) -> None:
+        """The session is still not connected, its deadline passed: end it as an ICE failure
+        (a client that trickles and vanishes before sending a candidate would otherwise hold
+        it, and for a publisher its room, forever: ICE waits for candidates without limit)."""
+        if peer.ended is not None or peer.connected or peer.pc.connectionState == "connected":
+            return
+        peer.tell("session not connected in time", level=logging.WARNING)
+        self._rooms.peer_failed(peer.session, EndReason.ICE_FAILED)
 
     @staticmethod
     def _watch_transport(peer: PeerSession, dtls: Any) -> None:

@@ -325,3 +325,47 @@ async def test_an_offer_bundled_under_a_section_without_transport_is_refused(
     assert rooms(server) == []
     assert failures == []
     assert [e for e in logs if e["log_level"] in ("warning", "error")] == []
+
+
+async def test_a_session_that_never_connects_ends_and_frees_its_room() -> None:
+    """A trickling client (offer without candidates) that vanishes before its first PATCH: ICE
+    would wait for candidates forever, holding the room. The connect deadline ends it."""
+    env = {
+        "ICE_HOST_ADDRESSES": "127.0.0.1",
+        "STUN_URLS": ",",
+        "LOG_LEVEL": "warning",
+        "SESSION_CONNECT_TIMEOUT_SECONDS": "1",
+    }
+    with running_server(env) as server:
+        pc = RTCPeerConnection()
+        pc.addTransceiver(PatternTrack(), direction="sendonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        offer = "".join(
+            line + "\r\n"
+            for line in pc.localDescription.sdp.splitlines()
+            if not line.startswith(("a=candidate:", "a=end-of-candidates"))
+        )
+        await pc.close()  # and it never comes back
+        with structlog.testing.capture_logs() as logs:
+            status, found, _ = await request(
+                server, "POST", f"{WHIP}/abandoned", data=offer, headers=SDP
+            )
+            assert status == 201
+            assert len(rooms(server)) == 1
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 20
+            while rooms(server):
+                assert loop.time() < deadline, "the abandoned session still holds its room"
+                await asyncio.sleep(0.05)
+        session = found["location"][0].rsplit("/", 1)[1]
+        story = [(e["event"], e["log_level"]) for e in logs if e.get("session") == session]
+        assert ("session not connected in time", "warning") in story
+        ended = next(e for e in logs if e["event"] == "session ended" and e["session"] == session)
+        assert ended["reason"] == "ice_failed"
+        assert 1 <= ended["seconds"] < 20
+        # The room is free again: another publisher can take it.
+        publisher = await publish(server.url, "abandoned")
+        try:
+            assert publisher.answer.status == 201
+        finally:
+            await close_all(publisher)
