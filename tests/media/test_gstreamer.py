@@ -120,16 +120,23 @@ async def test_gstreamer_publishes_with_trickle_and_a_viewer_decodes(
         await asyncio.wait_for(viewer.got_video.wait(), DEADLINE)
         assert viewer.frames["video"] >= 5
         assert viewer.first_video_packet_is_keyframe is True
+        # whip-client trickles the candidates it gathers after its POST (PATCH); when a slow
+        # machine delays the POST past gathering, they ride in the offer instead. ICE may
+        # connect before they arrive (the server's candidates are enough on loopback): wait
+        # for them before stopping the client, or its PATCH finds the session gone.
+        [offer] = offers
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DEADLINE
+        while "a=candidate:" not in offer and not any(
+            "a=candidate:" in fragment for fragment in trickled
+        ):
+            assert loop.time() < deadline, ("no candidate trickled", trickled)
+            await asyncio.sleep(0.05)
         # Stop it the way an operator does; whip-client then DELETEs its session.
         client.send_signal(signal.SIGINT)
         output, _ = await asyncio.wait_for(client.communicate(), DEADLINE)
         log = output.decode(errors="replace")
         assert "PeerConnection connected" in log, log
-        # whip-client trickles the candidates it gathers after its POST (PATCH); when a slow
-        # machine delays the POST past gathering, they ride in the offer instead.
-        [offer] = offers
-        if "a=candidate:" not in offer:
-            assert any("a=candidate:" in fragment for fragment in trickled), (trickled, log)
         await wait_rooms(server, "rooms == []")
     finally:
         if client.returncode is None:
