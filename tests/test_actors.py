@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,6 +173,15 @@ async def world() -> AsyncIterator[World]:
         await asyncio.to_thread(system.stop)
 
 
+async def eventually(condition: Callable[[], bool], *, what: str) -> None:
+    """Poll ``condition`` on the loop (letting its callbacks run) until it holds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TIMEOUT
+    while not condition():
+        assert loop.time() < deadline, f"timed out after {TIMEOUT}s waiting for {what}"
+        await asyncio.sleep(0.005)
+
+
 async def settle(*refs: pykka.ActorRef[Any]) -> None:
     for ref in refs:
         await barrier(ref, TIMEOUT)
@@ -213,8 +222,12 @@ async def test_room_crash_ends_that_room_only(world: World) -> None:
     calm_viewer, calm_endpoint = await world.viewer("calm")
 
     crashing.room_actor.tell("a message no room understands")
-    wait_until(lambda: not crashing.room_actor.is_alive(), what="the room to crash")
+    await eventually(  # (not is_alive(): pykka marks it dead before its failure handling)
+        lambda: crashing_publisher.closed is not None and crashing_endpoint.closed is not None,
+        what="the room to crash and close its sessions",
+    )
     await settle(world.system.directory.actor_ref)
+    assert not crashing.room_actor.is_alive()
 
     assert crashing_publisher.closed is EndReason.ROOM_FAILED
     assert crashing_endpoint.closed is EndReason.ROOM_FAILED
@@ -257,8 +270,14 @@ async def test_fanout_crash_fails_its_room_only(world: World) -> None:
     ]
     assert fanout is not None
     fanout.tell("a message no fanout understands")
-    wait_until(lambda: not claim.room_actor.is_alive(), what="the room to fail with its fanout")
+    # pykka marks the room dead before its failure handling has closed the sessions: wait
+    # for what that handling does, on the loop, not for the actor's death.
+    await eventually(
+        lambda: publisher.closed is not None and viewer.closed is not None,
+        what="the room to fail with its fanout and close its sessions",
+    )
     await settle(world.system.directory.actor_ref)
+    assert not claim.room_actor.is_alive()
     assert publisher.closed is EndReason.ROOM_FAILED
     assert viewer.closed is EndReason.ROOM_FAILED
     assert other_publisher.closed is None
@@ -273,8 +292,11 @@ async def test_subscriber_crash_ends_that_session_only(world: World) -> None:
     doomed, doomed_endpoint = await world.viewer("r")
     _, fine_endpoint = await world.viewer("r")
     doomed.subscriber.tell("a message no subscriber understands")
-    wait_until(lambda: not doomed.subscriber.is_alive(), what="the subscriber to crash")
+    await eventually(  # (not is_alive(): pykka marks it dead before its failure handling)
+        lambda: doomed_endpoint.closed is not None, what="the subscriber to crash and close"
+    )
     await settle(claim.room_actor)
+    assert not doomed.subscriber.is_alive()
     assert doomed_endpoint.closed is EndReason.INTERNAL_ERROR
     assert fine_endpoint.closed is None
     assert publisher.closed is None
