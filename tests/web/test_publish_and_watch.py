@@ -178,14 +178,17 @@ async def test_trickle_ice_and_leaving_the_page_ends_the_sessions(
 
     publisher.on("response", record)
     await publish(publisher, "leaving")
+    # The exchanges are recorded as Playwright reports them, which may be after the page says
+    # it is live; and the candidates (or at least their end) follow the answer: ICE may
+    # connect before their PATCH is answered.
+    deadline = asyncio.get_running_loop().time() + 10
+    while not (patches := [e for e in exchanges if e[0] == "PATCH"]) or not any(
+        e[0] == "POST" for e in exchanges
+    ):
+        assert asyncio.get_running_loop().time() < deadline, ("no candidate trickled", exchanges)
+        await asyncio.sleep(0.05)
     [(_, _, created, _)] = [e for e in exchanges if e[0] == "POST"]
     assert created == 201
-    # The candidates (or at least the end of them) follow the answer: ICE may connect before
-    # their PATCH is answered.
-    deadline = asyncio.get_running_loop().time() + 10
-    while not (patches := [e for e in exchanges if e[0] == "PATCH"]):
-        assert asyncio.get_running_loop().time() < deadline, "no candidate was trickled"
-        await asyncio.sleep(0.05)
     for _, url, status, headers in patches:
         assert url.startswith(f"{server.url}/api/whip/publish/leaving/")
         assert status == 204
