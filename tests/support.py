@@ -38,6 +38,16 @@ def require_loopback_namespace() -> None:
         )
 
 
+async def eventually(condition: Callable[[], bool], *, what: str, seconds: float = 30.0) -> None:
+    """On the event loop: poll ``condition`` (letting the loop's callbacks run between polls)
+    until it holds, failing after ``seconds``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not condition():
+        assert loop.time() < deadline, f"timed out after {seconds}s waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
 def wait_until(condition: Callable[[], bool], *, timeout: float = 10.0, what: str = "") -> None:
     """Poll ``condition`` until it holds, failing after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +37,7 @@ from golive.actors.system import ActorSystem
 from golive.metrics import Metrics, create_metrics
 from golive.rooms import RoomService
 from golive.sessions import SessionRegistry
-from tests.support import ProbeEndpoint, metric_samples, wait_until
+from tests.support import ProbeEndpoint, eventually, metric_samples, wait_until
 
 TIMEOUT = 10.0
 VIDEO = TrackInfo(TrackId("v"), MediaKind.VIDEO, "video/VP8")
@@ -173,15 +173,6 @@ async def world() -> AsyncIterator[World]:
         await asyncio.to_thread(system.stop)
 
 
-async def eventually(condition: Callable[[], bool], *, what: str) -> None:
-    """Poll ``condition`` on the loop (letting its callbacks run) until it holds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + TIMEOUT
-    while not condition():
-        assert loop.time() < deadline, f"timed out after {TIMEOUT}s waiting for {what}"
-        await asyncio.sleep(0.005)
-
-
 async def settle(*refs: pykka.ActorRef[Any]) -> None:
     for ref in refs:
         await barrier(ref, TIMEOUT)
@@ -225,6 +216,7 @@ async def test_room_crash_ends_that_room_only(world: World) -> None:
     await eventually(  # (not is_alive(): pykka marks it dead before its failure handling)
         lambda: crashing_publisher.closed is not None and crashing_endpoint.closed is not None,
         what="the room to crash and close its sessions",
+        seconds=TIMEOUT,
     )
     await settle(world.system.directory.actor_ref)
     assert not crashing.room_actor.is_alive()
@@ -275,6 +267,7 @@ async def test_fanout_crash_fails_its_room_only(world: World) -> None:
     await eventually(
         lambda: publisher.closed is not None and viewer.closed is not None,
         what="the room to fail with its fanout and close its sessions",
+        seconds=TIMEOUT,
     )
     await settle(world.system.directory.actor_ref)
     assert not claim.room_actor.is_alive()
@@ -293,7 +286,9 @@ async def test_subscriber_crash_ends_that_session_only(world: World) -> None:
     _, fine_endpoint = await world.viewer("r")
     doomed.subscriber.tell("a message no subscriber understands")
     await eventually(  # (not is_alive(): pykka marks it dead before its failure handling)
-        lambda: doomed_endpoint.closed is not None, what="the subscriber to crash and close"
+        lambda: doomed_endpoint.closed is not None,
+        what="the subscriber to crash and close",
+        seconds=TIMEOUT,
     )
     await settle(claim.room_actor)
     assert not doomed.subscriber.is_alive()

@@ -19,7 +19,7 @@ from golive.http.keys import MEDIA
 from golive.media.peers import PeerSession
 from tests.media.clients import close_all, view
 from tests.recording.probe import decode_errors, probe
-from tests.support import ServerThread, running_server
+from tests.support import ServerThread, eventually, running_server
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(90)]
 
@@ -125,13 +125,11 @@ async def test_gstreamer_publishes_with_trickle_and_a_viewer_decodes(
         # connect before they arrive (the server's candidates are enough on loopback): wait
         # for them before stopping the client, or its PATCH finds the session gone.
         [offer] = offers
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + DEADLINE
-        while "a=candidate:" not in offer and not any(
-            "a=candidate:" in fragment for fragment in trickled
-        ):
-            assert loop.time() < deadline, ("no candidate trickled", trickled)
-            await asyncio.sleep(0.05)
+        await eventually(
+            lambda: "a=candidate:" in offer or any("a=candidate:" in f for f in trickled),
+            what="a candidate in the offer or trickled",
+            seconds=DEADLINE,
+        )
         # Stop it the way an operator does; whip-client then DELETEs its session.
         client.send_signal(signal.SIGINT)
         output, _ = await asyncio.wait_for(client.communicate(), DEADLINE)

@@ -9,7 +9,6 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiortc import RTCPeerConnection, RTCRtpSender
@@ -20,7 +19,7 @@ from golive.media import hooks
 from tests.media.clients import PatternTrack, close_all, delete, post_offer
 from tests.recording.probe import decode_errors, probe
 from tests.s3 import S3Server, free_port
-from tests.support import ServerThread, metric_samples, running_server, wait_until
+from tests.support import ServerThread, eventually, metric_samples, running_server, wait_until
 from tests.test_server import Golive, environment, python_m
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
@@ -87,14 +86,6 @@ async def publish_counting(base_url: str, room: str, video_codec: str) -> Counti
     return CountingPublisher(pc, answer.location, sent, video.sender)
 
 
-async def until(condition: Any, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + DEADLINE
-    while not condition():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
 def recordings(directory: Path) -> dict[str, Path]:
     """The finished recordings by extension; nothing left marked as being recorded."""
     assert list((directory / ".golive" / "recording").iterdir()) == []
@@ -109,7 +100,11 @@ async def test_a_session_is_recorded_to_files_that_play(
     room = f"rec-{extension[1:]}"
     publisher = await publish_counting(recording_server.url, room, codec)
     try:
-        await until(lambda: len(publisher.sent.video_frames) >= 3 * FPS, "three seconds of video")
+        await eventually(
+            lambda: len(publisher.sent.video_frames) >= 3 * FPS,
+            what="three seconds of video",
+            seconds=DEADLINE,
+        )
         # DELETE returns once the room has ended and its recorders have finalized their files.
         assert await delete(recording_server.url, publisher.location) == 200
     finally:
@@ -167,7 +162,11 @@ async def test_loss_the_server_cannot_repair_still_gives_a_clean_file(
 
     ice._send = lossy
     try:
-        await until(lambda: len(publisher.sent.video_frames) >= 4 * FPS, "four seconds of video")
+        await eventually(
+            lambda: len(publisher.sent.video_frames) >= 4 * FPS,
+            what="four seconds of video",
+            seconds=DEADLINE,
+        )
         assert len(dropped) == 4
         assert await delete(recording_server.url, publisher.location) == 200
     finally:
@@ -214,7 +213,11 @@ async def test_recordings_are_uploaded_and_deleted_by_s3_settings_alone(
     with running_server(env) as server:
         publisher = await publish_counting(server.url, "upload", "video/VP8")
         try:
-            await until(lambda: len(publisher.sent.video_frames) >= FPS, "a second of video")
+            await eventually(
+                lambda: len(publisher.sent.video_frames) >= FPS,
+                what="a second of video",
+                seconds=DEADLINE,
+            )
             assert await delete(server.url, publisher.location) == 200
         finally:
             await close_all(publisher.pc)
@@ -257,7 +260,11 @@ async def test_a_golive_process_stopped_mid_stream_leaves_recordings_that_play(
         url = await asyncio.to_thread(golive.wait_listening)
         publisher = await publish_counting(url, "live", "video/VP8")
         try:
-            await until(lambda: len(publisher.sent.video_frames) >= 2 * FPS, "two seconds")
+            await eventually(
+                lambda: len(publisher.sent.video_frames) >= 2 * FPS,
+                what="two seconds",
+                seconds=DEADLINE,
+            )
             assert await asyncio.to_thread(golive.stop) == 0
         finally:
             await close_all(publisher.pc)

@@ -18,7 +18,7 @@ from aiortc import RTCPeerConnection, RTCRtpReceiver
 
 from golive.http.keys import MEDIA
 from tests.media.clients import PatternTrack, close_all, publish, view
-from tests.support import ServerThread, running_server
+from tests.support import ServerThread, eventually, running_server
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
@@ -352,11 +352,9 @@ async def test_a_session_that_never_connects_ends_and_frees_its_room() -> None:
             )
             assert status == 201
             assert len(rooms(server)) == 1
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 20
-            while rooms(server):
-                assert loop.time() < deadline, "the abandoned session still holds its room"
-                await asyncio.sleep(0.05)
+            await eventually(
+                lambda: not rooms(server), what="the abandoned session to free its room", seconds=20
+            )
         session = found["location"][0].rsplit("/", 1)[1]
         story = [(e["event"], e["log_level"]) for e in logs if e.get("session") == session]
         assert ("session not connected in time", "warning") in story

@@ -10,7 +10,7 @@ import json
 import pytest
 from playwright.async_api import Response, expect
 
-from tests.support import ServerThread, running_server
+from tests.support import ServerThread, eventually, running_server
 from tests.web.pages import (
     BASE_ENV,
     DEADLINE_MS,
@@ -181,12 +181,12 @@ async def test_trickle_ice_and_leaving_the_page_ends_the_sessions(
     # The exchanges are recorded as Playwright reports them, which may be after the page says
     # it is live; and the candidates (or at least their end) follow the answer: ICE may
     # connect before their PATCH is answered.
-    deadline = asyncio.get_running_loop().time() + 10
-    while not (patches := [e for e in exchanges if e[0] == "PATCH"]) or not any(
-        e[0] == "POST" for e in exchanges
-    ):
-        assert asyncio.get_running_loop().time() < deadline, ("no candidate trickled", exchanges)
-        await asyncio.sleep(0.05)
+    await eventually(
+        lambda: {"POST", "PATCH"} <= {e[0] for e in exchanges},
+        what="the POST and a trickled candidate (PATCH)",
+        seconds=10,
+    )
+    patches = [e for e in exchanges if e[0] == "PATCH"]
     [(_, _, created, _)] = [e for e in exchanges if e[0] == "POST"]
     assert created == 201
     for _, url, status, headers in patches:
