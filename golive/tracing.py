@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from typing import Final
 
@@ -34,7 +33,7 @@ from golive import __version__
 from golive.actors.messages import TraceCarrier
 from golive.config import Config
 
-__all__ = ["Tracing", "now_ns", "traces_endpoint"]
+__all__ = ["Tracing", "traces_endpoint"]
 
 _PROPAGATOR: Final = TraceContextTextMapPropagator()
 _NOTHING: Final = contextlib.nullcontext()  # reusable: it holds no state
@@ -149,8 +148,3 @@ class Tracing:
         return self.tracer.start_span(
             name, kind=SpanKind.INTERNAL, attributes=attributes, start_time=started_ns
         )
-
-
-def now_ns() -> int:
-    """Epoch nanoseconds, the clock spans use."""
-    return time.time_ns()

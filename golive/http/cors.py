@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from golive.config import Config
 from golive.http.errors import Handler
@@ -28,7 +29,7 @@ def cors_headers(config: Config, origin: str | None) -> dict[str, str]:
     return headers
 
 
-def cors_middleware(config: Config) -> web.middleware:  # type: ignore[valid-type]
+def cors_middleware(config: Config) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         headers = cors_headers(config, request.headers.get("Origin"))

@@ -9,6 +9,7 @@ and its log lines carry its ids.
 from __future__ import annotations
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from golive.http.errors import Handler
@@ -24,7 +25,7 @@ def route_of(request: web.Request) -> str | None:
     return None if resource is None else resource.canonical
 
 
-def tracing_middleware(tracing: Tracing) -> web.middleware:  # type: ignore[valid-type]
+def tracing_middleware(tracing: Tracing) -> Middleware:
     @web.middleware
     async def trace_request(request: web.Request, handler: Handler) -> web.StreamResponse:
         route = route_of(request)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +52,7 @@ from golive.media.hooks import (
 from golive.metrics import Metrics
 from golive.rooms import RoomService
 from golive.tasks import BackgroundTasks
-from golive.tracing import Tracing, now_ns
+from golive.tracing import Tracing
 
 log = structlog.get_logger(__name__)
 
@@ -88,7 +89,7 @@ class PeerSession:
     transport_end: EndReason | None = None  # why the transport went down, seen first
     owner: str = ""  # the creator's identity (golive.http.auth.Principal.identity)
     created: float = field(default_factory=lambda: asyncio.get_running_loop().time())
-    created_ns: int = field(default_factory=now_ns)  # the same instant, for the span
+    created_ns: int = field(default_factory=time.time_ns)  # the same instant, in span time
     connected: bool = False
     deadline: asyncio.TimerHandle | None = None  # ends the session if it never connects
     span: Span = trace.INVALID_SPAN  # the session's span, from its offer to its end
