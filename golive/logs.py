@@ -24,7 +24,8 @@ import inspect
 import logging
 import re
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 
     from structlog.typing import EventDict, Processor, WrappedLogger
 
-__all__ = ["LEVELS", "REDACTED", "Redactor", "configure_logging", "get_logger"]
+__all__ = ["LEVELS", "REDACTED", "Redactor", "Throttle", "configure_logging", "get_logger"]
 
 REDACTED: Final = "[REDACTED]"
 
@@ -165,6 +166,27 @@ def add_trace_ids(_logger: WrappedLogger, _method_name: str, event_dict: EventDi
         event_dict.setdefault("trace_id", format(context.trace_id, "032x"))
         event_dict.setdefault("span_id", format(context.span_id, "016x"))
     return event_dict
+
+
+class Throttle:
+    """At most one log line every ``interval`` seconds for something that can repeat without
+    bound (a hostile client's doing): :meth:`allow` says whether to write it now, and how
+    many were held back since the last one."""
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval = interval
+        self._clock = clock
+        self._last: float | None = None
+        self._held = 0
+
+    def allow(self) -> int | None:
+        """The number held back since the last line if one may be written now, else None."""
+        now = self._clock()
+        if self._last is not None and now - self._last < self._interval:
+            self._held += 1
+            return None
+        held, self._held, self._last = self._held, 0, now
+        return held
 
 
 class MalformedRequests(logging.Filter):

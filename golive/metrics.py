@@ -40,6 +40,10 @@ class Metrics:
     retransmitted: Counter  # golive_rtp_packets_retransmitted_total
     nacks: Counter  # golive_rtcp_nacks_received_total
     keyframe_requests: Counter  # golive_keyframe_requests_total
+    # hostile input refused on the media plane
+    datagrams_dropped: Counter  # golive_media_datagrams_dropped_total{reason}
+    receive_errors: Counter  # golive_media_receive_errors_total{error}
+    retransmissions_refused: Counter  # golive_rtp_retransmissions_refused_total{reason}
     # recording and upload
     recordings_started: Counter  # golive_recordings_started_total{codec}
     recordings_finished: Counter  # golive_recordings_finished_total{codec}
@@ -148,8 +152,8 @@ def create_metrics() -> Metrics:
         ),
         packets_dropped=Counter(
             "golive_rtp_packets_dropped",
-            "RTP packets not forwarded to a viewer, by reason (backpressure: its socket was "
-            "backed up).",
+            "RTP packets not forwarded, by reason (backpressure: a viewer's socket was backed "
+            "up; ssrc_limit: the publisher used more SSRCs on a track than allowed).",
             ["reason"],
             registry=registry,
         ),
@@ -160,6 +164,27 @@ def create_metrics() -> Metrics:
         ),
         nacks=Counter(
             "golive_rtcp_nacks_received", "NACKs received from viewers.", registry=registry
+        ),
+        datagrams_dropped=Counter(
+            "golive_media_datagrams_dropped",
+            "Datagrams dropped on media sockets before DTLS, SRTP or RTCP parsing, by reason "
+            "(off_path: not from the session's ICE peer; short; not_media; malformed_stun).",
+            ["reason"],
+            registry=registry,
+        ),
+        receive_errors=Counter(
+            "golive_media_receive_errors",
+            "Datagrams from a session's own peer whose handling raised, dropped (the session "
+            "goes on), by exception type.",
+            ["error"],
+            registry=registry,
+        ),
+        retransmissions_refused=Counter(
+            "golive_rtp_retransmissions_refused",
+            "Sequence numbers viewers NACKed that were not resent, by reason (duplicate, "
+            "too_many, recent, budget, not_cached).",
+            ["reason"],
+            registry=registry,
         ),
         keyframe_requests=Counter(
             "golive_keyframe_requests",

@@ -10,14 +10,21 @@ import inspect
 from importlib.metadata import version
 
 import aioice.ice
+import aioice.stun
 import aiortc.codecs
+import aiortc.rtcdtlstransport
 import aiortc.rtcpeerconnection
 import aiortc.rtcrtpreceiver
 import aiortc.rtp
 import pytest
 from aiortc import RTCPeerConnection
 
-from golive.media.hooks import ForwardingPeerConnection, ForwardingReceiver, ForwardingSender
+from golive.media.hooks import (
+    ForwardingPeerConnection,
+    ForwardingReceiver,
+    ForwardingSender,
+    GuardedDtlsTransport,
+)
 
 
 def missing(obj: object, names: list[str]) -> list[str]:
@@ -86,8 +93,14 @@ async def test_instance_names() -> None:
                 ],
             ),
             *missing(ice, ["_connection"]),
-            *missing(ice._connection, ["_nominated", "_closing", "_protocols"]),
+            *missing(ice._connection, ["_nominated", "_closing", "_protocols", "_check_list"]),
+            *missing(dtls, ["_recv_next", "_rtp_router"]),
+            *missing(dtls._rtp_router, ["ssrc_table"]),
         ]
+        assert isinstance(dtls, GuardedDtlsTransport), "the DTLS transport class swap failed"
+        assert getattr(ice._connection, "golive_guard", None) is not None, (
+            "the ICE connection is not marked"
+        )
         assert problems == [], f"aiortc/aioice internals golive uses are gone: {problems}"
         # What aiortc calls on receivers and senders, which golive overrides.
         for cls, names in (
@@ -107,3 +120,23 @@ def test_candidate_pair_fast_path_names() -> None:
     assert "protocol" in inspect.signature(pair.__init__).parameters, "CandidatePair.protocol"
     assert hasattr(pair, "remote_addr"), "aioice CandidatePair.remote_addr"
     assert hasattr(aioice.ice.StunProtocol, "send_data"), "aioice StunProtocol"
+
+
+def test_datagram_screen_names() -> None:
+    """What golive's screen of incoming datagrams (hooks.screen_datagram) relies on."""
+    protocol = aioice.ice.StunProtocol
+    parameters = list(inspect.signature(protocol.datagram_received).parameters)
+    assert parameters == ["self", "data", "addr"], "aioice StunProtocol.datagram_received"
+    assert "self.receiver.data_received(" in inspect.getsource(
+        getattr(protocol.datagram_received, "golive_original", protocol.datagram_received)
+    ), "aioice no longer hands non-STUN datagrams to the connection from datagram_received"
+    pair = aioice.ice.CandidatePair(None, None)  # type: ignore[arg-type]
+    assert hasattr(pair, "remote_nominated"), "aioice CandidatePair.remote_nominated"
+    assert hasattr(pair, "state"), "aioice CandidatePair.state"
+    assert hasattr(aioice.ice.CandidatePair.State, "SUCCEEDED"), "CandidatePair.State.SUCCEEDED"
+    assert callable(aioice.stun.parse_message), "aioice.stun.parse_message"
+    assert hasattr(RTCPeerConnection, "_RTCPeerConnection__createDtlsTransport"), (
+        "RTCPeerConnection.__createDtlsTransport (name-mangled) is gone"
+    )
+    run = inspect.getsource(aiortc.rtcdtlstransport.RTCDtlsTransport._RTCDtlsTransport__run)  # type: ignore[attr-defined]
+    assert "self._recv_next()" in run, "aiortc's DTLS receive loop no longer calls _recv_next"

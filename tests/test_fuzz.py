@@ -3,7 +3,7 @@
 - :func:`golive.media.peers.parse_offer` on mutations of a real aiortc offer (deleted,
   duplicated, truncated and garbled lines, swapped ``m=`` sections, bogus codecs and payload
   types, missing ICE credentials and fingerprints): only :class:`InvalidOfferError` may escape.
-- The trickle ICE path of ``PATCH`` (:func:`golive.http.whip._add_candidates`, through
+- The trickle ICE path of ``PATCH`` (:func:`golive.media.peers.add_candidates`, through
   aiortc's ``candidate_from_sdp``): garbage candidates, truncated ones, new ufrags,
   ``a=end-of-candidates``: every line is added or skipped, nothing raises.
 - :func:`golive.actors.messages.parse_room_name` against an independent oracle.
@@ -32,8 +32,7 @@ from hypothesis import strategies as st
 
 from golive.actors.messages import parse_room_name
 from golive.config import SECRET_VARIABLES, Config, ConfigError
-from golive.http.whip import _add_candidates
-from golive.media.peers import InvalidOfferError, PeerSession, parse_offer
+from golive.media.peers import InvalidOfferError, add_candidates, parse_offer
 from tests.media.clients import PatternTrack
 
 
@@ -485,7 +484,7 @@ def test_parse_offer_accepts_real_offers() -> None:
 
 @dataclass
 class FakePeerConnection:
-    """What ``_add_candidates`` uses of aiortc's RTCPeerConnection, with its checks."""
+    """What ``add_candidates`` uses of aiortc's RTCPeerConnection, with its checks."""
 
     added: list[RTCIceCandidate | None] = field(default_factory=list)
 
@@ -495,22 +494,17 @@ class FakePeerConnection:
         self.added.append(candidate)
 
 
-@dataclass
-class FakePeer:
-    pc: FakePeerConnection = field(default_factory=FakePeerConnection)
-    session: str = "0" * 32
-
-
-def add_candidates(fragment: str) -> list[RTCIceCandidate | None]:
-    """Run ``_add_candidates`` against a fake peer; it never suspends, so no loop is needed."""
-    peer = FakePeer()
-    coroutine = _add_candidates(cast(PeerSession, peer), fragment)
+def trickled(fragment: str) -> list[RTCIceCandidate | None]:
+    """Run ``add_candidates`` against a fake peer connection; it never suspends, so no loop is
+    needed."""
+    pc = FakePeerConnection()
+    coroutine = add_candidates(pc, fragment)
     try:
         coroutine.send(None)
     except StopIteration:
-        return peer.pc.added
+        return pc.added
     coroutine.close()
-    raise AssertionError("_add_candidates suspended on a fake peer")
+    raise AssertionError("add_candidates suspended on a fake peer connection")
 
 
 def test_trickle_candidates_are_added_or_skipped() -> None:
@@ -520,7 +514,7 @@ def test_trickle_candidates_are_added_or_skipped() -> None:
     @example(fragment="a=candidate:1 1 udp")
     @example(fragment="a=candidate:")
     def check(fragment: str) -> None:
-        added = add_candidates(fragment)
+        added = trickled(fragment)
         lines = [line.strip() for line in fragment.splitlines()]
         wanted = sum(1 for line in lines if line.startswith("a=candidate:"))
         ends = sum(1 for line in lines if line == "a=end-of-candidates")
@@ -537,7 +531,7 @@ def test_trickle_well_formed_candidates_are_added() -> None:
         "a=candidate:2 1 tcp 1 127.0.0.1 9 typ host tcptype active\r\n"
         "a=end-of-candidates\r\n"
     )
-    added = add_candidates(fragment)
+    added = trickled(fragment)
     assert [(c.ip, c.port, c.sdpMid) for c in added if c is not None] == [
         ("127.0.0.1", 50000, "0"),
         ("127.0.0.1", 9, "0"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 from collections.abc import AsyncIterator
 
 import structlog
@@ -103,6 +104,7 @@ async def _actors(app: web.Application) -> AsyncIterator[None]:
         metrics=app[METRICS],
         tracing=app[TRACING],
         connect_timeout=config.session_connect_timeout_seconds,
+        loopback=any(ipaddress.ip_address(a).is_loopback for a in config.ice_host_addresses),
     )
     try:
         yield

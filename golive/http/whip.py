@@ -6,11 +6,8 @@ for admission and negotiates the peer connection. They never change room state t
 
 from __future__ import annotations
 
-import re
-
 import structlog
 from aiohttp import web
-from aiortc.sdp import candidate_from_sdp
 
 from golive.actors.messages import (
     Done,
@@ -26,7 +23,8 @@ from golive.http.auth import NotOwnerError, forbidden, owns, room_principal, una
 from golive.http.errors import Handler, json_error
 from golive.http.keys import LIMITS, MEDIA, METRICS, ROOMS
 from golive.http.limits import Busy
-from golive.media.peers import Answered, InvalidOfferError, PeerSession
+from golive.media.limits import LimitExceededError
+from golive.media.peers import Answered, IceRestartError, InvalidOfferError, PeerSession
 
 log = structlog.get_logger(__name__)
 
@@ -117,6 +115,10 @@ def _post(role: Role, base: str, config: Config) -> Handler:
             request.app[METRICS].join_refusals.labels(role.value, busy.reason).inc()
             log.warning("offer refused: overloaded", room=room, role=role.value, why=busy.reason)
             return busy.response
+        except LimitExceededError as exc:
+            request.app[METRICS].join_refusals.labels(role.value, "offer_too_large").inc()
+            log.info("offer refused: over a limit", room=room, role=role.value, problem=str(exc))
+            return json_error(413, f"offer too large: {exc}")
         except InvalidOfferError as exc:
             log.info("offer refused", room=room, role=role.value, problem=str(exc))
             return json_error(400, "invalid SDP")
@@ -188,9 +190,6 @@ def _owned_session(request: web.Request, role: Role, config: Config) -> PeerSess
     return unauthorized() if principal is None else peer
 
 
-_UFRAG = re.compile(r"^a=ice-ufrag:(\S+)", re.MULTILINE)
-
-
 def _patch(role: Role, config: Config) -> Handler:
     async def patch(request: web.Request) -> web.StreamResponse:  # noqa: PLR0911  an outcome each
         peer = _owned_session(request, role, config)
@@ -206,42 +205,16 @@ def _patch(role: Role, config: Config) -> Handler:
         body = await read_body(request)
         if isinstance(body, web.Response):
             return body
-        fragment = body.decode(errors="replace")
-        remote = peer.pc.remoteDescription
-        ufrags = set(_UFRAG.findall(fragment))
-        known = set(_UFRAG.findall(remote.sdp)) if remote is not None else set()
-        if ufrags - known:
-            return json_error(422, "ICE restarts are not supported")
-        await _add_candidates(peer, fragment)
+        try:
+            await request.app[MEDIA].trickle(peer, body.decode(errors="replace"))
+        except IceRestartError as exc:
+            return json_error(422, str(exc))
+        except LimitExceededError as exc:
+            log.info("trickle refused: over a limit", session=peer.session, problem=str(exc))
+            return json_error(413, f"too many candidates: {exc}")
         return web.Response(status=204)
 
     return patch
-
-
-async def _add_candidates(peer: PeerSession, fragment: str) -> None:
-    """Add every candidate of an RFC 8840 fragment; skip what cannot be resolved."""
-    mid: str | None = None
-    index = -1
-    for raw in fragment.splitlines():
-        line = raw.strip()
-        if line.startswith("m="):
-            index += 1
-            mid = None
-        elif line.startswith("a=mid:"):
-            mid = line[len("a=mid:") :]
-        elif line.startswith("a=candidate:"):
-            try:
-                candidate = candidate_from_sdp(line[len("a=") :])
-            except (ValueError, IndexError, AssertionError):  # aiortc asserts on some garbage
-                continue
-            candidate.sdpMid = mid
-            candidate.sdpMLineIndex = max(index, 0) if mid is None else None
-            try:
-                await peer.pc.addIceCandidate(candidate)
-            except (ValueError, OSError) as exc:  # e.g. an mDNS name that does not resolve
-                log.debug("candidate skipped", session=peer.session, problem=str(exc))
-        elif line == "a=end-of-candidates":
-            await peer.pc.addIceCandidate(None)
 
 
 def _delete(role: Role, config: Config) -> Handler:

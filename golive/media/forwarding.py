@@ -6,7 +6,11 @@ viewer, rewrites the header (:class:`~golive.media.rtp.Rewriter`), SRTP-protects
 with plain calls. A viewer waiting for a keyframe is started on the first packet of one, and
 the fanout is told; keyframe requests to the publisher are coalesced (one per interval however
 many viewers wait or ask) and deferred rather than dropped. Every packet is kept in a small
-cache so a viewer's NACK can be answered.
+cache so a viewer's NACK can be answered: each sequence number once per NACK, at most
+:data:`~golive.media.limits.MAX_NACK_SEQUENCES` of them, none resent to the same viewer twice
+within :data:`~golive.media.limits.RTX_RESEND_INTERVAL`, and within the viewer's
+retransmission budget (:class:`RetransmissionBudget`), so a hostile NACK cannot make the
+server send more than a share of the stream.
 """
 
 from __future__ import annotations
@@ -34,12 +38,53 @@ from golive.actors.messages import (
     TrackKey,
 )
 from golive.media.hooks import Delivery, ForwardingReceiver, ForwardingSender
+from golive.media.limits import (
+    MAX_NACK_SEQUENCES,
+    RTX_BUDGET_MIN_RATE,
+    RTX_BUDGET_SECONDS,
+    RTX_BUDGET_SHARE,
+    RTX_RESEND_INTERVAL,
+)
 from golive.media.rtp import RTP_HEADER, Rewriter, keyframe_start
 from golive.metrics import Metrics
 from golive.sessions import SessionRegistry
 
 CACHE_PACKETS = 1024  # about 4 s of 2 Mbit/s video
 KEYFRAME_REQUEST_INTERVAL = 1.0  # at most one keyframe request per track per second
+
+
+class RetransmissionBudget:
+    """What one viewer may have resent of one track: a token bucket of bytes refilled at
+    :data:`RTX_BUDGET_SHARE` of the track's incoming rate (at least
+    :data:`RTX_BUDGET_MIN_RATE`), holding at most :data:`RTX_BUDGET_SECONDS` of it; and
+    when each packet was last resent, so that none is resent twice within
+    :data:`RTX_RESEND_INTERVAL`."""
+
+    __slots__ = ("_resent", "_tokens", "_updated")
+
+    def __init__(self, now: float) -> None:
+        self._tokens = RTX_BUDGET_MIN_RATE * RTX_BUDGET_SECONDS
+        self._updated = now
+        self._resent: dict[int, float] = {}  # publisher sequence number -> when
+
+    def refill(self, now: float, incoming_rate: float) -> None:
+        rate = max(RTX_BUDGET_MIN_RATE, RTX_BUDGET_SHARE * incoming_rate)
+        self._tokens = min(rate * RTX_BUDGET_SECONDS, self._tokens + rate * (now - self._updated))
+        self._updated = now
+
+    def resent_lately(self, seq: int, now: float) -> bool:
+        last = self._resent.get(seq)
+        return last is not None and now - last < RTX_RESEND_INTERVAL
+
+    def take(self, seq: int, size: int, now: float) -> bool:
+        """Spend ``size`` bytes on resending ``seq`` if the budget allows."""
+        if size > self._tokens:
+            return False
+        self._tokens -= size
+        if len(self._resent) >= 2 * MAX_NACK_SEQUENCES:  # keep only what still matters
+            self._resent = {s: t for s, t in self._resent.items() if now - t < RTX_RESEND_INTERVAL}
+        self._resent[seq] = now
+        return True
 
 
 @dataclass(slots=True)
@@ -50,6 +95,7 @@ class Output:
     rewriter: Rewriter
     created: float  # when the viewer's offer arrived (loop time)
     first_keyframe: Callable[[TrackId], None] | None  # tells the session's story
+    budget: RetransmissionBudget
     told_fanout: bool = False
 
 
@@ -79,6 +125,13 @@ class TrackTap:
         self._packets = metrics.rtp_packets.labels(key.room)
         self._bytes = metrics.rtp_bytes.labels(key.room)
         self._dropped = metrics.packets_dropped.labels("backpressure")
+        self._rtx_refused = {
+            reason: metrics.retransmissions_refused.labels(reason)
+            for reason in ("duplicate", "too_many", "not_cached", "recent", "budget")
+        }
+        self._window_bytes = 0  # bytes received since _window_start, for the incoming rate
+        self._window_start = self._loop.time()
+        self._incoming_rate = 0.0  # bytes a second, as last measured
         self.keyframe_requests = 0
         self.packets_in = 0
         self._dead_recorder: pykka.ActorRef[Any] | None = None
@@ -106,7 +159,9 @@ class TrackTap:
             first_seq=random.randrange(0, 0x8000),  # noqa: S311  RTP needs unpredictable, not secret
             first_ts=random.randrange(0, 0x80000000),  # noqa: S311
         )
-        self._outputs[session] = Output(sender, rewriter, created, first_keyframe)
+        self._outputs[session] = Output(
+            sender, rewriter, created, first_keyframe, RetransmissionBudget(self._loop.time())
+        )
         sender.on_keyframe_request = self.want_keyframe
         sender.on_nack = lambda lost: self.retransmit(session, lost)
 
@@ -121,6 +176,7 @@ class TrackTap:
     def on_packet(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:  # noqa: ARG002  the receiver's sink signature
         self.packets_in += 1
         data = packet.serialize()  # once per packet; without the publisher's header extensions
+        self._window_bytes += len(data)
         self._cache[packet.sequence_number] = data
         if len(self._cache) > CACHE_PACKETS:
             self._cache.popitem(last=False)
@@ -189,18 +245,49 @@ class TrackTap:
             tell_quietly(table.fanout, KeyframeDelivered(session))
 
     def retransmit(self, session: SessionId, lost: list[int]) -> None:
-        """Answer a viewer's NACK from the cache (in that viewer's numbering)."""
+        """Answer a viewer's NACK from the cache (in that viewer's numbering): each sequence
+        number once, the first :data:`MAX_NACK_SEQUENCES` of them, within the viewer's
+        :class:`RetransmissionBudget`; what is not resent is counted by reason."""
         self._metrics.nacks.inc()
         output = self._outputs.get(session)
         if output is None or not output.rewriter.started:
             return
-        for viewer_seq in lost:
-            data = self._cache.get(output.rewriter.publisher_seq(viewer_seq))
-            if (
-                data is not None
-                and output.sender.send_rtx(output.rewriter.rewrite(data)) is Delivery.SENT
-            ):
-                self._metrics.retransmitted.inc()
+        # (aiortc's NACK parser does not wrap: a sequence number may come as 65536 or more)
+        wanted = list(dict.fromkeys(seq & 0xFFFF for seq in lost))
+        refused = dict.fromkeys(self._rtx_refused, 0)
+        refused["duplicate"] = len(lost) - len(wanted)
+        if len(wanted) > MAX_NACK_SEQUENCES:
+            refused["too_many"] = len(wanted) - MAX_NACK_SEQUENCES
+            del wanted[MAX_NACK_SEQUENCES:]
+        now = self._loop.time()
+        budget = output.budget
+        budget.refill(now, self._measured_rate(now))
+        resent = 0
+        for viewer_seq in wanted:
+            seq = output.rewriter.publisher_seq(viewer_seq)
+            data = self._cache.get(seq)
+            if data is None:
+                refused["not_cached"] += 1
+            elif budget.resent_lately(seq, now):
+                refused["recent"] += 1
+            elif not budget.take(seq, len(data), now):
+                refused["budget"] += 1
+            elif output.sender.send_rtx(output.rewriter.rewrite(data)) is Delivery.SENT:
+                resent += 1
+        if resent:
+            self._metrics.retransmitted.inc(resent)
+        for reason, count in refused.items():
+            if count:
+                self._rtx_refused[reason].inc(count)
+
+    def _measured_rate(self, now: float) -> float:
+        """The track's incoming bytes a second, over the last second or more."""
+        elapsed = now - self._window_start
+        if elapsed >= 1.0:
+            self._incoming_rate = self._window_bytes / elapsed
+            self._window_bytes = 0
+            self._window_start = now
+        return self._incoming_rate
 
     # -- keyframes ----------------------------------------------------------------------------
 

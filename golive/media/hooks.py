@@ -12,7 +12,18 @@ Process-wide changes, made once by :func:`install` (golive owns its process):
 - aiortc's codec table gains what is forwarded but never coded: the H.264 profiles browsers
   and OBS offer (aiortc lists only constrained baseline), VP9 and AV1;
 - aioice's host address discovery returns ``ICE_HOST_ADDRESSES`` when set, and then
-  includes 127.0.0.1 if asked (aioice always leaves loopback out).
+  includes 127.0.0.1 if asked (aioice always leaves loopback out);
+- aioice's ``StunProtocol.datagram_received`` screens what reaches golive's own connections
+  (:func:`screen_datagram`; any other connection in the process is left as it was).
+
+Hostile input (see docs/operations.md, Threat model): aioice hands every datagram that does
+not parse as STUN to the connection, whatever its source, and aiortc's DTLS receive loop dies
+on the first exception it meets (``data[0]`` of an empty datagram, ``struct.error`` from a
+malformed REMB in its RTCP routing), taking the session, and for a publisher the room, with
+it. golive drops what is not from the session's peer before DTLS, SRTP or RTCP parsing sees
+it, and keeps the receive loop alive through a packet that fails (:class:`GuardedDtlsTransport`).
+Both are needed with aioice 0.13.0 and aiortc 1.16.0 (the pinned versions); neither has an
+upstream fix yet.
 """
 
 from __future__ import annotations
@@ -20,14 +31,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import ipaddress
 import random
 import struct
 from collections.abc import Callable
 from typing import Any
 
 import aioice.ice
+import aioice.stun
 import structlog
-from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc import (
+    RTCDtlsTransport,
+    RTCIceCandidate,
+    RTCIceTransport,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpSender,
+)
 from aiortc import codecs as aiortc_codecs
 from aiortc import rtp as aiortc_rtp
 from aiortc.codecs import is_rtx
@@ -38,7 +58,7 @@ from aiortc.rtcrtpparameters import (
     RTCRtpReceiveParameters,
     RTCRtpSendParameters,
 )
-from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
+from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import (
     RTCP_PSFB_FIR,
     RTCP_PSFB_PLI,
@@ -55,13 +75,18 @@ from aiortc.rtp import (
     unwrap_rtx,
 )
 
+from golive.logs import Throttle
+from golive.media.limits import MAX_SSRCS_PER_TRACK
 from golive.media.rtp import RTP_HEADER, payload_offset
+from golive.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
 # A viewer whose socket has this much unsent data loses packets instead of queueing more.
 SEND_BUFFER_LIMIT = 512 * 1024
 RTCP_INTERVAL = 1.0
+MAX_REPORT_BLOCKS = 31
+_U32 = 0xFFFFFFFF
 
 PacketSink = Callable[[RtpPacket, RTCRtpCodecParameters], None]
 
@@ -146,6 +171,7 @@ def install(host_addresses: tuple[str, ...]) -> None:
     """Make aiortc and aioice fit for forwarding. Safe to call again (tests do)."""
     _extend_codecs()
     aiortc_rtp.DYNAMIC_PAYLOAD_TYPES = PAYLOAD_TYPES_TO_ECHO  # type: ignore[assignment]
+    _install_screen()
     original = getattr(aioice.ice.get_host_addresses, "golive_original", None)
     if original is None:
         original = aioice.ice.get_host_addresses
@@ -159,7 +185,201 @@ def install(host_addresses: tuple[str, ...]) -> None:
     aioice.ice.get_host_addresses = host_addresses_for
 
 
+# -- hostile datagrams: screened before aiortc sees them ------------------------------------
+
+#: Shortest datagram that can be DTLS (a 13-byte record header), SRTP (a 12-byte RTP header
+#: and its tag) or SRTCP: anything shorter is nothing golive could use.
+MIN_MEDIA_DATAGRAM = 12
+#: A DTLS transport whose receive loop fails this many times in a row (no datagram handled
+#: in between) is broken, not attacked: it ends as aiortc would have ended it.
+MAX_CONSECUTIVE_FAILURES = 100
+_FAILURE_LOG_INTERVAL = 10.0
+
+
+class MediaGuard:
+    """What golive refuses on its media sockets, counted (and failures logged, throttled).
+
+    One per :class:`~golive.media.peers.MediaHub`; every golive peer connection and its ICE
+    connections carry it (``golive_guard``), which is what marks them as golive's."""
+
+    def __init__(self, metrics: Metrics | None = None, *, loopback: bool = False) -> None:
+        self._metrics = metrics
+        self._throttle = Throttle(_FAILURE_LOG_INTERVAL)
+        self.loopback = loopback  # the server gathers on loopback: remote loopback is fine
+
+    def reachable(self, candidate: RTCIceCandidate) -> bool:
+        """Whether the server may send connectivity checks to a remote candidate: never to a
+        multicast, unspecified or reserved (broadcast) address or port 0, and to loopback
+        only when the server itself gathers on loopback (else a client could aim the
+        server's STUN checks at its own local services). Names (mDNS) are aioice's to
+        resolve."""
+        if not 0 < candidate.port < 65536:
+            return False
+        try:
+            address = ipaddress.ip_address(candidate.ip)
+        except ValueError:
+            return True
+        if address.is_multicast or address.is_unspecified or address.is_reserved:
+            return False
+        return self.loopback or not address.is_loopback
+
+    def dropped(self, reason: str) -> None:
+        """A datagram dropped before aiortc saw it."""
+        if self._metrics is not None:
+            self._metrics.datagrams_dropped.labels(reason).inc()
+
+    def dropped_packet(self, reason: str) -> None:
+        """A publisher's RTP packet dropped rather than forwarded."""
+        if self._metrics is not None:
+            self._metrics.packets_dropped.labels(reason).inc()
+
+    def failed(self, exc: Exception) -> None:
+        """A datagram from the session's own peer made the receive path raise: dropped."""
+        error = type(exc).__name__
+        if self._metrics is not None:
+            self._metrics.receive_errors.labels(error).inc()
+        suppressed = self._throttle.allow()
+        if suppressed is not None:
+            log.warning(
+                "media packet dropped: handling it failed",
+                error=error,
+                problem=str(exc)[:200],
+                suppressed=suppressed,
+                exc_info=exc,
+            )
+
+
+def _from_peer(protocol: aioice.ice.StunProtocol, addr: tuple[str, int]) -> bool:
+    """Whether ``addr`` is the peer this socket's session agreed on: the remote end of the
+    nominated pair, or before nomination of a pair its checks validated (an authenticated
+    USE-CANDIDATE, or a check of ours answered): the DTLS ClientHello may come first."""
+    connection = protocol.receiver
+    nominated = connection._nominated.get(protocol.local_candidate.component)
+    if nominated is not None:
+        return bool(nominated.protocol is protocol and nominated.remote_addr == addr)
+    return any(
+        pair.protocol is protocol
+        and pair.remote_addr == addr
+        and (pair.remote_nominated or pair.state == aioice.ice.CandidatePair.State.SUCCEEDED)
+        for pair in connection._check_list
+    )
+
+
+def screen_datagram(
+    protocol: aioice.ice.StunProtocol, data: bytes, addr: tuple[str, int]
+) -> str | None:
+    """Why a datagram on a golive ICE socket must be dropped, or None to let it through.
+
+    STUN (first byte 0-3, RFC 7983) goes to aioice if it parses; DTLS (20-63) and SRTP/SRTCP
+    (128-191) only from the session's peer and long enough to be anything; all else (TURN
+    channel data, which golive never asked for, and the rest) is dropped."""
+    if not data:
+        return "short"
+    first = data[0]
+    if first < 4:
+        try:
+            aioice.stun.parse_message(data)
+        except Exception:  # noqa: BLE001  aioice raises ValueError, struct.error, IndexError...
+            return "malformed_stun"
+        return None
+    if not (19 < first < 64 or 127 < first < 192):
+        return "not_media"
+    if len(data) < MIN_MEDIA_DATAGRAM:
+        return "short"
+    return None if _from_peer(protocol, addr) else "off_path"
+
+
+def _install_screen() -> None:
+    stun_protocol = aioice.ice.StunProtocol
+    original = getattr(stun_protocol.datagram_received, "golive_original", None)
+    if original is None:
+        original = stun_protocol.datagram_received
+
+    def datagram_received(self: aioice.ice.StunProtocol, data: Any, addr: Any) -> None:
+        guard: MediaGuard | None = getattr(self.receiver, "golive_guard", None)
+        if guard is not None:
+            reason = screen_datagram(self, data, (addr[0], addr[1]))
+            if reason is not None:
+                guard.dropped(reason)
+                return
+        original(self, data, addr)
+
+    datagram_received.golive_original = original  # type: ignore[attr-defined]
+    stun_protocol.datagram_received = datagram_received  # type: ignore[method-assign]
+
+
+class GuardedIceTransport(RTCIceTransport):
+    """aiortc's ICE transport, which skips remote candidates the server must not check
+    (:meth:`MediaGuard.reachable`), whether they come in the offer or trickled."""
+
+    _golive_guard: MediaGuard
+
+    async def addRemoteCandidate(self, candidate: RTCIceCandidate | None) -> None:  # noqa: N802  aiortc's name
+        if candidate is not None and not self._golive_guard.reachable(candidate):
+            log.debug("remote candidate skipped", address=candidate.ip, port=candidate.port)
+            return
+        await super().addRemoteCandidate(candidate)
+
+
+class GuardedDtlsTransport(RTCDtlsTransport):
+    """aiortc's DTLS transport, whose receive loop survives a datagram it fails to handle.
+
+    aiortc's loop ends the transport (and so the session) on any exception but
+    ``ConnectionError``: a malformed RTCP packet from the peer (aiortc's REMB routing raises
+    ``struct.error``) or a bug in a forwarding hook. Here such a datagram is dropped, counted
+    and logged (throttled); only a loop that fails :data:`MAX_CONSECUTIVE_FAILURES` times in
+    a row, handling nothing in between, ends as before."""
+
+    def _golive_adopt(self, guard: MediaGuard) -> None:
+        self._golive_guard = guard
+        self._golive_failures = 0
+
+    async def _recv_next(self) -> None:
+        try:
+            await super()._recv_next()
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            self._golive_failures += 1
+            if self._golive_failures >= MAX_CONSECUTIVE_FAILURES:
+                raise
+            self._golive_guard.failed(exc)
+        else:
+            self._golive_failures = 0
+
+
 # -- receiving: the publisher's packets, decrypted, to the forwarding code ------------------
+
+
+class MissingPackets:
+    """The publisher's sequence numbers not received yet, for NACKs (RFC 4585).
+
+    aiortc's ``NackGenerator`` walks every sequence number of a gap, up to 32 767 steps for
+    one packet that jumps ahead; here a jump marks at most :data:`HISTORY` of them, and only
+    those within :data:`HISTORY` of the newest are kept."""
+
+    HISTORY = 128
+
+    def __init__(self) -> None:
+        self.newest: int | None = None
+        self.missing: set[int] = set()
+
+    def add(self, seq: int) -> bool:
+        """Note ``seq`` as received; True if it revealed packets missing."""
+        if self.newest is None:
+            self.newest = seq
+            return False
+        ahead = (seq - self.newest) & 0xFFFF
+        if ahead == 0 or ahead >= 0x8000:  # a duplicate, or late (perhaps a retransmission)
+            self.missing.discard(seq)
+            return False
+        self.newest = seq
+        if ahead == 1:
+            return False
+        # (kept for NACKs sent when a gap shows: older entries are dropped only then)
+        self.missing = {lost for lost in self.missing if (seq - lost) & 0xFFFF <= self.HISTORY}
+        self.missing.update((seq - back) & 0xFFFF for back in range(1, min(ahead, self.HISTORY)))
+        return True
 
 
 class ForwardingReceiver(RTCRtpReceiver):
@@ -172,14 +392,15 @@ class ForwardingReceiver(RTCRtpReceiver):
     sink: PacketSink | None
     on_sender_report: Callable[[RtcpSrPacket], None] | None
 
-    def _adopt(self) -> None:
+    def _adopt(self, guard: MediaGuard) -> None:
         self.sink = None
         self.on_sender_report = None
+        self._golive_guard = guard
         self._golive_started = False
         self._golive_codecs: dict[int, RTCRtpCodecParameters] = {}
         self._golive_rtx: dict[int, int] = {}
-        self._golive_streams: dict[int, StreamStatistics] = {}
-        self._golive_nack = NackGenerator() if self.track_kind == "video" else None
+        self._golive_streams: dict[int, StreamStatistics] = {}  # at most MAX_SSRCS_PER_TRACK
+        self._golive_nack = MissingPackets() if self.track_kind == "video" else None
         self._golive_rtcp: asyncio.Task[None] | None = None
         self._golive_lsr: dict[int, tuple[int, float]] = {}
         self._golive_pending: set[asyncio.Future[None]] = set()
@@ -233,6 +454,9 @@ class ForwardingReceiver(RTCRtpReceiver):
             return
         stream = self._golive_streams.get(packet.ssrc)
         if stream is None:
+            if len(self._golive_streams) >= MAX_SSRCS_PER_TRACK:
+                self._refuse_ssrc(packet.ssrc)
+                return
             stream = self._golive_streams[packet.ssrc] = StreamStatistics(codec.clockRate)
         stream.add(packet)
         if is_rtx(codec):
@@ -245,10 +469,18 @@ class ForwardingReceiver(RTCRtpReceiver):
             packet = unwrap_rtx(packet, payload_type=apt, ssrc=original_ssrc)
             codec = self._golive_codecs[apt]
         self.media_ssrc = packet.ssrc
-        if self._golive_nack is not None and self._golive_nack.add(packet):
+        if self._golive_nack is not None and self._golive_nack.add(packet.sequence_number):
             await self._send_rtcp_nack(packet.ssrc, sorted(self._golive_nack.missing))
         if self.sink is not None:
             self.sink(packet, codec)
+
+    def _refuse_ssrc(self, ssrc: int) -> None:
+        """A packet of one SSRC too many: dropped, counted, and no state kept for it (aiortc's
+        router has just learned the SSRC from the payload type; it forgets it again)."""
+        self._golive_guard.dropped_packet("ssrc_limit")
+        table = self.transport._rtp_router.ssrc_table
+        if table.get(ssrc) is self:
+            del table[ssrc]
 
     def request_keyframe(self) -> None:
         """Ask the publisher for a keyframe: PLI, or FIR where only that was negotiated."""
@@ -276,30 +508,45 @@ class ForwardingReceiver(RTCRtpReceiver):
         task.add_done_callback(self._golive_pending.discard)
 
     async def _golive_reports(self) -> None:
-        """Receiver reports to the publisher, about once a second."""
-        rtcp_ssrc = self._RTCRtpReceiver__rtcp_ssrc  # type: ignore[attr-defined]
-        loop = asyncio.get_running_loop()
+        """Receiver reports to the publisher, about once a second (a failure is counted and
+        logged; the reports go on)."""
         while True:
             await asyncio.sleep(RTCP_INTERVAL * (0.5 + random.random()))  # noqa: S311  RTCP jitter
-            reports = []
-            for ssrc, stream in self._golive_streams.items():
-                lsr, dlsr = 0, 0
-                if ssrc in self._golive_lsr:
-                    lsr, received = self._golive_lsr[ssrc]
-                    dlsr = int((loop.time() - received) * 65536)
-                reports.append(
-                    RtcpReceiverInfo(
-                        ssrc=ssrc,
-                        fraction_lost=stream.fraction_lost,
-                        packets_lost=stream.packets_lost,
-                        highest_sequence=stream.max_seq or 0,
-                        jitter=stream.jitter,
-                        lsr=lsr,
-                        dlsr=dlsr,
-                    )
+            try:
+                await self._golive_report()
+            except Exception as exc:  # noqa: BLE001  whatever the publisher sent, reports go on
+                self._golive_guard.failed(exc)
+
+    async def _golive_report(self) -> None:
+        rtcp_ssrc = self._RTCRtpReceiver__rtcp_ssrc  # type: ignore[attr-defined]
+        if rtcp_ssrc is None:
+            return
+        now = asyncio.get_running_loop().time()
+        reports = []
+        for ssrc, stream in self._golive_streams.items():
+            if stream.max_seq is None:
+                continue
+            lsr, dlsr = 0, 0
+            if ssrc in self._golive_lsr:
+                lsr, received = self._golive_lsr[ssrc]
+                dlsr = min(int((now - received) * 65536), _U32)
+            reports.append(
+                RtcpReceiverInfo(
+                    ssrc=ssrc,
+                    # Each field within its width whatever the publisher sent (RFC 3550
+                    # 6.4.1): struct.pack would raise and end the reports for good.
+                    fraction_lost=min(stream.fraction_lost, 255),
+                    packets_lost=stream.packets_lost,
+                    highest_sequence=(stream.cycles + stream.max_seq) & _U32,
+                    jitter=min(stream.jitter, _U32),
+                    lsr=lsr,
+                    dlsr=dlsr,
                 )
-            if reports and rtcp_ssrc is not None:
-                await self._send_rtcp(RtcpRrPacket(ssrc=rtcp_ssrc, reports=reports))
+            )
+        # At most 31 report blocks fit one RR (its 5-bit count).
+        for start in range(0, len(reports), MAX_REPORT_BLOCKS):
+            chunk = reports[start : start + MAX_REPORT_BLOCKS]
+            await self._send_rtcp(RtcpRrPacket(ssrc=rtcp_ssrc, reports=chunk))
 
 
 # -- sending: packets given by the forwarding code, to one viewer ---------------------------
@@ -430,7 +677,22 @@ def ice_closing(dtls: Any) -> bool:
 
 
 class ForwardingPeerConnection(RTCPeerConnection):
-    """An ``RTCPeerConnection`` whose transceivers forward instead of coding."""
+    """An ``RTCPeerConnection`` whose transceivers forward instead of coding, and whose
+    transports are guarded (:class:`MediaGuard`)."""
+
+    def __init__(self, configuration: Any = None, *, guard: MediaGuard | None = None) -> None:
+        self._golive_guard = guard if guard is not None else MediaGuard()
+        super().__init__(configuration)
+
+    def _RTCPeerConnection__createDtlsTransport(self) -> Any:  # noqa: N802  overrides aiortc's private method
+        dtls = RTCPeerConnection._RTCPeerConnection__createDtlsTransport(self)  # type: ignore[attr-defined]
+        dtls.__class__ = GuardedDtlsTransport
+        dtls._golive_adopt(self._golive_guard)
+        dtls.transport.__class__ = GuardedIceTransport
+        dtls.transport._golive_guard = self._golive_guard
+        # Marks the ICE connection as golive's, before it opens a socket: screen_datagram.
+        dtls.transport._connection.golive_guard = self._golive_guard
+        return dtls
 
     def _RTCPeerConnection__createTransceiver(  # noqa: N802  overrides aiortc's private method
         self, direction: str, kind: str, sender_track: Any = None
@@ -439,7 +701,7 @@ class ForwardingPeerConnection(RTCPeerConnection):
             self, direction, kind, sender_track
         )
         transceiver.receiver.__class__ = ForwardingReceiver
-        transceiver.receiver._adopt()
+        transceiver.receiver._adopt(self._golive_guard)
         transceiver.sender.__class__ = ForwardingSender
         transceiver.sender._adopt()
         return transceiver

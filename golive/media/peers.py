@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from aiortc import RTCConfiguration, RTCSessionDescription
 from aiortc.codecs import is_rtx
 from aiortc.rtcpeerconnection import is_codec_compatible
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.sdp import SessionDescription
+from aiortc.sdp import SessionDescription, candidate_from_sdp
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
@@ -47,7 +48,14 @@ from golive.media.hooks import (
     ForwardingPeerConnection,
     ForwardingReceiver,
     ForwardingSender,
+    MediaGuard,
     ice_closing,
+)
+from golive.media.limits import (
+    MAX_CANDIDATES_PER_SESSION,
+    LimitExceededError,
+    check_offer,
+    too_many_candidates,
 )
 from golive.metrics import Metrics
 from golive.rooms import RoomService
@@ -60,6 +68,12 @@ log = structlog.get_logger(__name__)
 class InvalidOfferError(ValueError):
     """The offer is not SDP, or offers nothing golive can forward."""
 
+
+class IceRestartError(ValueError):
+    """A trickle fragment carries ICE credentials the session does not have: a restart."""
+
+
+_UFRAG = re.compile(r"^a=ice-ufrag:(\S+)", re.MULTILINE)
 
 #: Ends that are failures (the session's span gets an error status): not a client leaving,
 #: a room closing or a shutdown.
@@ -91,6 +105,7 @@ class PeerSession:
     created: float = field(default_factory=lambda: asyncio.get_running_loop().time())
     created_ns: int = field(default_factory=time.time_ns)  # the same instant, in span time
     connected: bool = False
+    candidates: int = 0  # ICE candidates given so far, in the offer and trickled
     deadline: asyncio.TimerHandle | None = None  # ends the session if it never connects
     span: Span = trace.INVALID_SPAN  # the session's span, from its offer to its end
 
@@ -138,9 +153,12 @@ class Answered:
 
 
 def parse_offer(sdp: str) -> SessionDescription:
-    """The offer, parsed; :class:`InvalidOfferError` if it is not usable SDP."""
+    """The offer, parsed; :class:`InvalidOfferError` if it is not usable SDP,
+    :class:`LimitExceededError` if it asks for more than a cap allows (checked first, in one
+    pass: aiortc's parser is quadratic in places)."""
     if not sdp.startswith("v=0"):
         raise InvalidOfferError("an SDP offer starts with v=0")
+    check_offer(sdp)
     try:
         parsed = SessionDescription.parse(sdp)
     except Exception as exc:  # aiortc's parser asserts, and raises anything on garbage
@@ -175,6 +193,32 @@ def parse_offer(sdp: str) -> SessionDescription:
     return parsed
 
 
+async def add_candidates(pc: Any, fragment: str, *, session: str = "") -> None:
+    """Add every candidate of an RFC 8840 fragment to ``pc``; skip what cannot be resolved."""
+    mid: str | None = None
+    index = -1
+    for raw in fragment.splitlines():
+        line = raw.strip()
+        if line.startswith("m="):
+            index += 1
+            mid = None
+        elif line.startswith("a=mid:"):
+            mid = line[len("a=mid:") :]
+        elif line.startswith("a=candidate:"):
+            try:
+                candidate = candidate_from_sdp(line[len("a=") :])
+            except (ValueError, IndexError, AssertionError):  # aiortc asserts on some garbage
+                continue
+            candidate.sdpMid = mid
+            candidate.sdpMLineIndex = max(index, 0) if mid is None else None
+            try:
+                await pc.addIceCandidate(candidate)
+            except (ValueError, OSError) as exc:  # e.g. an mDNS name that does not resolve
+                log.debug("candidate skipped", session=session, problem=str(exc))
+        elif line == "a=end-of-candidates":
+            await pc.addIceCandidate(None)
+
+
 def _dtls_server(pc: ForwardingPeerConnection, offer: SessionDescription) -> None:
     """Answer as DTLS server (``a=setup:passive``) unless the offer insists on being it."""
     remote_roles = {m.dtls.role for m in offer.media if m.dtls is not None}
@@ -201,12 +245,16 @@ class MediaHub:
         tracing: Tracing | None = None,
         ice_servers: RTCConfiguration | None = None,
         connect_timeout: float = DEFAULT_SESSION_CONNECT_TIMEOUT_SECONDS,
+        loopback: bool = False,
     ) -> None:
+        """``loopback``: the server gathers candidates on a loopback address, so clients'
+        loopback candidates may be checked (else they are skipped)."""
         self._rooms = rooms
         self._connect_timeout = connect_timeout
         self._metrics = metrics
         self._tracing = tracing if tracing is not None else Tracing.disabled()
         self._configuration = ice_servers or RTCConfiguration(iceServers=[])
+        self._guard = MediaGuard(metrics, loopback=loopback)
         self._sessions: dict[SessionId, PeerSession] = {}
         self._room_taps: dict[RoomName, list[TrackTap]] = {}
         self._tasks = BackgroundTasks("closing a peer connection failed", level="warning")
@@ -223,7 +271,7 @@ class MediaHub:
         """Answer a publisher's offer. Raises :class:`InvalidOfferError` (the room is left as it
         was: a failed publish leaves nothing behind)."""
         offer = parse_offer(offer_sdp)
-        peer = await self._admit(Role.PUBLISHER, room)
+        peer = await self._admit(Role.PUBLISHER, room, offer)
         if isinstance(peer, Refused):
             return peer
         try:
@@ -278,7 +326,7 @@ class MediaHub:
     async def play(self, room: RoomName, offer_sdp: str) -> Answered | Refused:
         """Answer a viewer's offer. Raises :class:`InvalidOfferError` if it matches no track."""
         offer = parse_offer(offer_sdp)
-        peer = await self._admit(Role.SUBSCRIBER, room)
+        peer = await self._admit(Role.SUBSCRIBER, room, offer)
         if isinstance(peer, Refused):
             return peer
         taps = self.taps(room)
@@ -344,11 +392,33 @@ class MediaHub:
                 first_keyframe=lambda track: peer.tell("first keyframe sent", track=track),
             )
 
+    # -- trickle ICE --------------------------------------------------------------------------
+
+    async def trickle(self, peer: PeerSession, fragment: str) -> None:
+        """Add the candidates of an RFC 8840 fragment; skip what cannot be resolved.
+
+        Raises :class:`IceRestartError` if the fragment carries an ICE ufrag the session does
+        not have, :class:`LimitExceededError` if its candidates would take the session past
+        :data:`MAX_CANDIDATES_PER_SESSION` (nothing is added then)."""
+        remote = peer.pc.remoteDescription
+        known = set(_UFRAG.findall(remote.sdp)) if remote is not None else set()
+        if set(_UFRAG.findall(fragment)) - known:
+            raise IceRestartError("ICE restarts are not supported")
+        lines = fragment.splitlines()
+        offered = sum(1 for line in lines if line.strip().startswith("a=candidate:"))
+        if peer.candidates + offered > MAX_CANDIDATES_PER_SESSION:
+            raise LimitExceededError(too_many_candidates())
+        peer.candidates += offered
+        await add_candidates(peer.pc, fragment, session=peer.session)
+
     # -- lifecycle ----------------------------------------------------------------------------
 
-    async def _admit(self, role: Role, room: RoomName) -> PeerSession | Refused:
+    async def _admit(
+        self, role: Role, room: RoomName, offer: SessionDescription
+    ) -> PeerSession | Refused:
         """Ask the actors to admit a new session of ``role`` (before any negotiation)."""
-        peer = PeerSession(self, role, room, ForwardingPeerConnection(self._configuration))
+        pc = ForwardingPeerConnection(self._configuration, guard=self._guard)
+        peer = PeerSession(self, role, room, pc)
         if role is Role.PUBLISHER:
             reply: PublisherClaimed | SubscriberAdmitted | Refused = await self._rooms.publish(
                 room, peer
@@ -359,6 +429,7 @@ class MediaHub:
             self._tasks.spawn(peer.pc.close())
             return reply
         peer.session = reply.session
+        peer.candidates = sum(len(media.ice_candidates) for media in offer.media)
         self._sessions[peer.session] = peer
         # A child of the request's span, outliving it: the session's story is told on it.
         peer.span = self._tracing.start_session(

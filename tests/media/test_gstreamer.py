@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from golive.actors.messages import RoomName
-from golive.http import whip
 from golive.http.keys import MEDIA
 from golive.media.peers import PeerSession
 from tests.media.clients import close_all, view
@@ -75,15 +74,15 @@ async def test_gstreamer_publishes_with_trickle_and_a_viewer_decodes(
     server: ServerThread, shims: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     trickled: list[str] = []
-    add_candidates = whip._add_candidates
+    hub = server.app[MEDIA]
+    trickle = hub.trickle
 
     async def spy(peer: PeerSession, fragment: str) -> None:
         trickled.append(fragment)
-        await add_candidates(peer, fragment)
+        await trickle(peer, fragment)
 
-    monkeypatch.setattr(whip, "_add_candidates", spy)
+    monkeypatch.setattr(hub, "trickle", spy)
     offers: list[str] = []
-    hub = server.app[MEDIA]
     publish = hub.publish
 
     async def record_offer(room: RoomName, offer_sdp: str) -> object:
