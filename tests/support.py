@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import inspect
 import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Coroutine, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -38,12 +39,20 @@ def require_loopback_namespace() -> None:
         )
 
 
-async def eventually(condition: Callable[[], bool], *, what: str, seconds: float = 30.0) -> None:
-    """On the event loop: poll ``condition`` (letting the loop's callbacks run between polls)
-    until it holds, failing after ``seconds``."""
+async def eventually(
+    condition: Callable[[], bool | Awaitable[bool]], *, what: str, seconds: float = 30.0
+) -> None:
+    """On the event loop: poll ``condition`` (a function, or a coroutine function such as an
+    HTTP query; the loop's callbacks run between polls) until it holds, failing after
+    ``seconds``."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
-    while not condition():
+    while True:
+        held = condition()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return
         assert loop.time() < deadline, f"timed out after {seconds}s waiting for {what}"
         await asyncio.sleep(0.02)
 

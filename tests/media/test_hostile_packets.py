@@ -275,17 +275,11 @@ async def test_a_viewers_repeated_nacks_cannot_amplify(server: ServerThread) -> 
         await dtls._send_rtp(nack(0x12345678, received.ssrc, pid & 0xFFFF, repeats))
     nacks_before = before.get(("golive_rtcp_nacks_received_total", ()), 0)
 
-    def all_handled(samples: dict[Any, float]) -> bool:
+    async def all_handled() -> bool:
+        samples = await metrics(server)
         return samples.get(("golive_rtcp_nacks_received_total", ()), 0) >= nacks_before + nacks
 
-    seen: dict[Any, float] = {}
-
-    async def poll() -> None:
-        while not all_handled(seen):
-            seen.update(await metrics(server))
-            await asyncio.sleep(0.05)
-
-    await asyncio.wait_for(poll(), DEADLINE)
+    await eventually(all_handled, what="every NACK handled")
     await still_receiving(room.received[1])
     after = await metrics(server)
     refused = labelled(after, "golive_rtp_retransmissions_refused_total", "reason")

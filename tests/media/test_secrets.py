@@ -22,6 +22,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from golive.media import hooks
 from tests.media.clients import PatternTrack, close_all
+from tests.support import eventually, metric_samples
 from tests.test_server import Golive, environment, python_m
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(90)]
@@ -166,6 +167,14 @@ async def test_no_secret_reaches_a_log_an_error_bootstrap_or_metrics(tmp_path: P
         ice_passwords |= set(ICE_PWD.findall(answer))
         await ex.call("DELETE", headers["Location"], {"Authorization": f"Bearer {admin_jwt}"})
         await ex.call("GET", "/api/records", {"X-Auth-Token": SECRETS["ADMIN_TOKEN"]})
+
+        async def recorded() -> bool:
+            """A frame is on disk: the recording is kept and queued for upload at the end
+            (one with none would be removed, and no upload attempted)."""
+            text = (await ex.call("GET", "/metrics"))[2]
+            return metric_samples(text).get(("golive_recording_bytes_written_total", ()), 0) > 0
+
+        await eventually(recorded, what="a frame recorded")
         await ex.call("DELETE", location, {"Authorization": f"Bearer {room_jwt}"})
         await ex.call("GET", "/metrics")
         await ex.call("GET", "/api/bootstrap")
