@@ -265,6 +265,21 @@ def _from_peer(protocol: aioice.ice.StunProtocol, addr: tuple[str, int]) -> bool
     )
 
 
+def _usable_stun(data: bytes) -> bool:
+    """Whether aioice can handle this STUN message without raising."""
+    try:
+        message = aioice.stun.parse_message(data)
+    except Exception:  # noqa: BLE001  aioice raises ValueError, struct.error, IndexError...
+        return False
+    # A check without PRIORITY (mandatory, RFC 8445 7.1.1): aioice answers it, then its
+    # check_incoming raises KeyError (an ERROR with a traceback, for each one).
+    return not (
+        message.message_class == aioice.stun.Class.REQUEST
+        and message.message_method == aioice.stun.Method.BINDING
+        and "PRIORITY" not in message.attributes
+    )
+
+
 def screen_datagram(
     protocol: aioice.ice.StunProtocol, data: bytes, addr: tuple[str, int]
 ) -> str | None:
@@ -277,11 +292,7 @@ def screen_datagram(
         return "short"
     first = data[0]
     if first < 4:
-        try:
-            aioice.stun.parse_message(data)
-        except Exception:  # noqa: BLE001  aioice raises ValueError, struct.error, IndexError...
-            return "malformed_stun"
-        return None
+        return None if _usable_stun(data) else "malformed_stun"
     if not (19 < first < 64 or 127 < first < 192):
         return "not_media"
     if len(data) < MIN_MEDIA_DATAGRAM:
@@ -297,12 +308,17 @@ def _install_screen() -> None:
 
     def datagram_received(self: aioice.ice.StunProtocol, data: Any, addr: Any) -> None:
         guard: MediaGuard | None = getattr(self.receiver, "golive_guard", None)
-        if guard is not None:
-            reason = screen_datagram(self, data, (addr[0], addr[1]))
-            if reason is not None:
-                guard.dropped(reason)
-                return
-        original(self, data, addr)
+        if guard is None:
+            original(self, data, addr)
+            return
+        reason = screen_datagram(self, data, (addr[0], addr[1]))
+        if reason is not None:
+            guard.dropped(reason)
+            return
+        try:
+            original(self, data, addr)
+        except Exception as exc:  # noqa: BLE001  one datagram, never a traceback per datagram
+            guard.failed(exc)
 
     datagram_received.golive_original = original  # type: ignore[attr-defined]
     stun_protocol.datagram_received = datagram_received  # type: ignore[method-assign]
@@ -434,7 +450,9 @@ class ForwardingReceiver(RTCRtpReceiver):
             self._golive_started = False
         if self._golive_rtcp is not None:
             self._golive_rtcp.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # (whatever ended the task, the receiver stops: else the peer connection's close
+            # would abort and the session could never end)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._golive_rtcp
             self._golive_rtcp = None
 
