@@ -1,4 +1,5 @@
-"""What a viewer costs in actors: threads, memory and join time, for N viewers in one room.
+"""What a viewer costs in actors: threads, memory and join time, for N viewers in one room;
+and what ``GET /api/rooms`` costs with 300 live rooms, alone and to a publish meanwhile.
 
 Run with ``make bench``. Figures are per viewer and medians over several rounds; the machines
 are shared and noisy, so read ratios and orders of magnitude, not the last digit.
@@ -15,6 +16,9 @@ import threading
 import time
 from pathlib import Path
 
+import aiohttp
+from aiohttp import web
+
 from golive.actors.messages import (
     Done,
     EndReason,
@@ -26,6 +30,9 @@ from golive.actors.messages import (
     TrackInfo,
 )
 from golive.actors.system import ActorSystem
+from golive.config import Config
+from golive.http.app import create_app
+from golive.http.keys import ROOMS
 from golive.logs import configure_logging
 from golive.metrics import create_metrics
 from golive.rooms import RoomService
@@ -33,6 +40,10 @@ from golive.sessions import SessionRegistry
 
 ROUNDS = 3
 SIZES = (100, 500, 1000)
+LISTED_ROOMS = 300
+LISTINGS = 200
+CONCURRENT_LISTERS = 12
+PUBLISHES = 20
 TRACKS = (
     TrackInfo(TrackId("v"), MediaKind.VIDEO, "video/VP8"),
     TrackInfo(TrackId("a"), MediaKind.AUDIO, "audio/opus"),
@@ -86,6 +97,64 @@ async def one_round(viewers: int) -> tuple[float, float, float, float, float]:
         await asyncio.to_thread(system.stop)
 
 
+async def list_once(http: aiohttp.ClientSession, url: str) -> float:
+    """Seconds for one ``GET /api/rooms`` over HTTP."""
+    started = time.perf_counter()
+    async with http.get(url) as response:
+        assert response.status == 200
+        await response.read()
+    return time.perf_counter() - started
+
+
+async def publish_once(rooms: RoomService, name: RoomName) -> float:
+    """Seconds to claim a room and go live (the actors' part of a WHIP POST); then it ends."""
+    started = time.perf_counter()
+    claim = await rooms.publish(name, Endpoint())
+    assert isinstance(claim, PublisherClaimed)
+    assert await rooms.publisher_ready(claim.session, TRACKS[1:]) == Done()
+    elapsed = time.perf_counter() - started
+    await rooms.leave(claim.session, EndReason.CLIENT_LEFT)
+    return elapsed
+
+
+async def listing_round() -> tuple[float, float, float, float]:
+    """A real server with 300 live rooms: ``GET /api/rooms`` p50 and p99 (µs), and a publish's
+    median (ms) alone and while 12 clients list the rooms in a loop."""
+    runner = web.AppRunner(create_app(Config()), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    url = f"http://{host}:{port}/api/rooms"
+    rooms = runner.app[ROOMS]
+    try:
+        for index in range(LISTED_ROOMS):
+            claim = await rooms.publish(RoomName(f"room-{index}"), Endpoint())
+            assert isinstance(claim, PublisherClaimed)
+            assert await rooms.publisher_ready(claim.session, TRACKS[1:]) == Done()
+        async with aiohttp.ClientSession() as http:
+            alone = sorted([await list_once(http, url) for _ in range(LISTINGS)])
+            quiet = [await publish_once(rooms, RoomName("new")) for _ in range(PUBLISHES)]
+            listing = True
+
+            async def lister() -> None:
+                async with aiohttp.ClientSession() as own:  # a connection of its own
+                    while listing:
+                        await list_once(own, url)
+
+            listers = [asyncio.ensure_future(lister()) for _ in range(CONCURRENT_LISTERS)]
+            try:
+                loaded = [await publish_once(rooms, RoomName("new")) for _ in range(PUBLISHES)]
+            finally:
+                listing = False
+                await asyncio.gather(*listers)
+        p50 = alone[len(alone) // 2] * 1e6
+        p99 = alone[int(len(alone) * 0.99) - 1] * 1e6
+        return p50, p99, statistics.median(quiet) * 1e3, statistics.median(loaded) * 1e3
+    finally:
+        await runner.cleanup()
+
+
 async def main() -> None:
     python = sys.version.split()[0]
     print(f"golive actor cost per viewer (medians of {ROUNDS} rounds; Python {python})")
@@ -100,6 +169,19 @@ async def main() -> None:
             f"{size:>8} {columns[0]:>15.2f} {columns[1]:>15.1f} {columns[2]:>12.0f} "
             f"{columns[3]:>12.0f} {columns[4]:>12.1f}"
         )
+    print()
+    print(
+        f"{LISTED_ROOMS} live rooms on a real server: GET /api/rooms, and a publish (claim and"
+        f" go live) alone and while {CONCURRENT_LISTERS} clients list the rooms in a loop"
+        f" (medians of {ROUNDS} rounds)"
+    )
+    print(
+        f"{'listing p50 µs':>15} {'listing p99 µs':>15} {'publish ms':>11} "
+        f"{'publish ms, 12 listing':>23}"
+    )
+    listings = [await listing_round() for _ in range(ROUNDS)]
+    columns = [statistics.median(column) for column in zip(*listings, strict=True)]
+    print(f"{columns[0]:>15.0f} {columns[1]:>15.0f} {columns[2]:>11.1f} {columns[3]:>23.1f}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ with the actors' answers.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pykka
 import structlog
@@ -187,18 +186,12 @@ class RoomService:
 
     # -- listing ------------------------------------------------------------------------------
 
-    async def rooms(self) -> list[RoomInfo]:
-        """Every room, as its own actor describes it (rooms ending meanwhile are left out)."""
-        entries = await reply_of(self._directory.rooms(), self._timeout)
-
-        async def describe(ref: pykka.ActorRef[Any]) -> RoomInfo | None:
-            try:
-                return await reply_of(room_proxy(ref).describe(), self._timeout)
-            except pykka.ActorDeadError:
-                return None
-
-        infos = await asyncio.gather(*(describe(ref) for _, ref in entries))
-        return [info for info in infos if info is not None and info.has_publisher]
+    async def rooms(self) -> tuple[RoomInfo, ...]:
+        """Every room with a publisher, by name: one ask, to the directory, which keeps what
+        each room last reported of itself. No room is asked, so a listing costs one thread
+        round trip however many rooms there are, and a busy or stalled room delays nothing.
+        The same tuple comes back until a room comes, goes or changes."""
+        return await reply_of(self._directory.listing(), self._timeout)
 
     # -- shutdown -----------------------------------------------------------------------------
 

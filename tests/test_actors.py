@@ -245,7 +245,7 @@ async def test_a_bug_in_an_asked_room_handler_ends_the_room(world: World) -> Non
         await world.rooms.publisher_ready(claim.session, (VIDEO, VIDEO))
     await settle(claim.room_actor, world.system.directory.actor_ref)
     assert endpoint.closed is EndReason.ROOM_FAILED
-    assert await world.rooms.rooms() == []
+    assert await world.rooms.rooms() == ()
 
 
 @pytest.mark.asyncio

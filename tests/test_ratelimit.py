@@ -1,5 +1,6 @@
 """Rate limiting (contract sections 2 and 7): a token bucket per client IP on POST, PATCH and
-DELETE, answered ``429 {"error": "too many requests"}`` with ``Retry-After``.
+DELETE, and another on ``GET /api/rooms``, answered ``429 {"error": "too many requests"}``
+with ``Retry-After``.
 
 The buckets and :func:`client_ip` are tested on their own (time from a fake clock, never a
 sleep), the middleware on a small app of its own, then the whole thing through a real golive
@@ -361,6 +362,8 @@ def small_app(env: Mapping[str, str], clock: FakeClock, counter: Counter) -> web
     )
     for method in ("GET", "HEAD", "OPTIONS", "POST", "PATCH", "DELETE", "PUT"):
         app.router.add_route(method, "/thing", handler)
+    app.router.add_get("/api/rooms", handler)  # (and HEAD)
+    app.router.add_post("/api/rooms", handler)
     return app
 
 
@@ -388,6 +391,33 @@ async def test_refused_requests_never_reach_the_handler(aiohttp_client: AiohttpC
     assert (await client.post("/thing")).status == 200
     assert (await client.post("/thing")).status == 429
     assert counter.calls == 10
+
+
+@pytest.mark.asyncio
+async def test_listing_rooms_takes_tokens_from_a_bucket_of_its_own(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    clock, counter = FakeClock(), Counter()
+    client = await aiohttp_client(
+        small_app({"RATE_LIMIT_RPS": "1", "RATE_LIMIT_BURST": "2"}, clock, counter)
+    )
+    assert [(await client.get("/api/rooms")).status for _ in range(2)] == [200, 200]
+    for method in ("GET", "HEAD"):
+        response = await client.request(method, "/api/rooms")
+        assert response.status == 429
+        assert response.headers["Retry-After"] == "1"
+    assert counter.calls == 2
+    # Writes have their own bucket, untouched by the listing (a POST to the same path too);
+    # other reads are never limited.
+    assert [(await client.post("/api/rooms")).status for _ in range(3)] == [200, 200, 429]
+    for method in ("GET", "HEAD", "OPTIONS") * 3:
+        assert (await client.request(method, "/thing")).status == 200
+    assert counter.calls == 13
+    clock.advance(1.0)  # a token back in each bucket
+    assert (await client.get("/api/rooms")).status == 200
+    assert (await client.get("/api/rooms")).status == 429
+    assert (await client.delete("/thing")).status == 200
+    assert counter.calls == 15
 
 
 @pytest.mark.asyncio
@@ -494,18 +524,60 @@ def test_patch_delete_and_unknown_routes_share_the_bucket() -> None:
         }
 
 
+UNLIMITED = ("/healthz", "/metrics", "/api/bootstrap", "/api/openapi.json", "/web/index.html")
+PREFLIGHT = {"Origin": "https://example.com", "Access-Control-Request-Method": "GET"}
+
+
 @pytest.mark.timeout(60)
-def test_reading_is_never_limited() -> None:
+def test_health_checks_metrics_pages_and_preflights_are_never_limited() -> None:
     env = {"RATE_LIMIT_RPS": "0.05", "RATE_LIMIT_BURST": "1"}
     with running_server(env) as server:
         assert publish(server) == 415
         assert publish(server) == 429
-        for _ in range(20):
-            assert server.get("/healthz") == (200, b"ok")
-        assert send(server, "OPTIONS", PUBLISH).status == 204
         assert send(server, "GET", "/api/rooms").status == 200
-        assert send(server, "HEAD", "/healthz").status == 200
+        assert send(server, "GET", "/api/rooms").status == 429
+        for _ in range(10):
+            for path in UNLIMITED:
+                assert send(server, "GET", path).status == 200, path
+            assert send(server, "HEAD", "/healthz").status == 200
+            assert send(server, "OPTIONS", PUBLISH).status == 204
+            assert send(server, "OPTIONS", "/api/rooms", PREFLIGHT).status == 204
         assert publish(server) == 429
+        assert send(server, "GET", "/api/rooms").status == 429
+
+
+@pytest.mark.timeout(60)
+def test_listing_rooms_is_limited_apart_from_publishing() -> None:
+    env = {"RATE_LIMIT_RPS": "0.05", "RATE_LIMIT_BURST": "2", "ALLOWED_ORIGIN": "*"}
+    with running_server(env) as server:
+        # A client that used up its publishing budget can still list the rooms...
+        assert [publish(server) for _ in range(3)] == [415, 415, 429]
+        assert [send(server, "GET", "/api/rooms").status for _ in range(2)] == [200, 200]
+        # ...up to its own budget for that.
+        reply = send(server, "GET", "/api/rooms", {"Origin": "https://example.com"})
+        assert reply.status == 429
+        assert reply.json() == {"error": "too many requests"}
+        assert reply.headers["Retry-After"] == "20"
+        assert reply.headers["Access-Control-Allow-Origin"] == "*"
+        head = send(server, "HEAD", "/api/rooms")
+        assert head.status == 429
+        assert head.headers["Retry-After"] == "20"
+        samples = metric_samples(server.get("/metrics")[1].decode())
+        assert labelled(samples, "golive_http_rate_limited_total", "method") == {
+            "POST": 1,
+            "GET": 1,
+            "HEAD": 1,
+        }
+
+
+@pytest.mark.timeout(60)
+def test_each_client_behind_a_trusted_proxy_lists_on_its_own_budget() -> None:
+    env = {"RATE_LIMIT_RPS": "0.05", "RATE_LIMIT_BURST": "1", "TRUSTED_PROXIES": "127.0.0.1"}
+    alice = {"X-Forwarded-For": "203.0.113.1"}
+    bob = {"X-Forwarded-For": "203.0.113.2"}
+    with running_server(env) as server:
+        assert [send(server, "GET", "/api/rooms", alice).status for _ in range(2)] == [200, 429]
+        assert [send(server, "GET", "/api/rooms", bob).status for _ in range(2)] == [200, 429]
 
 
 @pytest.mark.timeout(60)

@@ -6,11 +6,15 @@ offer is answered), a claim on a taken name is refused. Every end of a room goes
 here too (the publisher leaving, a failed publish, an admin close, shutdown), so that the name
 is free again the moment the caller hears back. The directory only *tells* rooms; it never
 waits on one, and rooms never ask it anything.
+
+It also holds what each room shows in ``GET /api/rooms``: a room tells it every change
+(:class:`RoomChanged`), so listing every room is one ask to the directory, whatever the number
+of rooms, and a busy or stalled room delays no listing.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar, cast
 
 import pykka
@@ -29,8 +33,10 @@ from golive.actors.messages import (
     Refusal,
     Refused,
     Role,
+    RoomChanged,
     RoomCrashed,
     RoomEnding,
+    RoomInfo,
     RoomName,
     SessionId,
     new_session_id,
@@ -48,6 +54,12 @@ H = TypeVar("H")
 class DirectoryEntry(Generic[H]):
     publisher: SessionId
     room: H
+    info: RoomInfo  # what the room last reported of itself
+
+
+def claimed(room: RoomName) -> RoomInfo:
+    """What a room shows from its claim until its first report: a publisher, nothing else."""
+    return RoomInfo(name=room, has_publisher=True, tracks=(), subscribers=0)
 
 
 @dataclass(slots=True)
@@ -56,6 +68,11 @@ class DirectoryState(Generic[H]):
 
     rooms: dict[RoomName, DirectoryEntry[H]] = field(default_factory=dict)
     accepting: bool = True
+    # listing()'s answer, kept until a room comes, goes or changes: the same tuple each time,
+    # so whoever renders it can keep the rendering too.
+    _listing: tuple[RoomInfo, ...] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def can_claim(self, room: RoomName) -> Refusal | None:
         if not self.accepting:
@@ -67,7 +84,8 @@ class DirectoryState(Generic[H]):
     def add(self, room: RoomName, publisher: SessionId, handle: H) -> None:
         if self.can_claim(room) is not None:
             raise ValueError(f"room {room} cannot be claimed")
-        self.rooms[room] = DirectoryEntry(publisher, handle)
+        self.rooms[room] = DirectoryEntry(publisher, handle, claimed(room))
+        self._listing = None
 
     def remove(
         self, room: RoomName, publisher: SessionId | None = None
@@ -79,13 +97,34 @@ class DirectoryState(Generic[H]):
         if publisher is not None and entry.publisher != publisher:
             return Refusal.UNKNOWN_SESSION
         del self.rooms[room]
+        self._listing = None
         return entry
+
+    def room_changed(self, publisher: SessionId, info: RoomInfo) -> bool:
+        """A room reports what it shows now. Ignored (False) when that room is gone: removed,
+        or its name claimed again by another publisher (whose room reports for itself)."""
+        entry = self.rooms.get(info.name)
+        if entry is None or entry.publisher != publisher:
+            return False
+        self.rooms[info.name] = replace(entry, info=info)
+        self._listing = None
+        return True
+
+    def listing(self) -> tuple[RoomInfo, ...]:
+        """Every room with a publisher, by name, as its room last reported it. The same tuple
+        until a room comes, goes or reports a change."""
+        if self._listing is None:
+            self._listing = tuple(
+                entry.info for _, entry in sorted(self.rooms.items()) if entry.info.has_publisher
+            )
+        return self._listing
 
     def close(self) -> list[DirectoryEntry[H]]:
         """Stop accepting claims; every room, removed."""
         self.accepting = False
         entries = list(self.rooms.values())
         self.rooms.clear()
+        self._listing = None
         return entries
 
 
@@ -167,8 +206,15 @@ class DirectoryActor(GoliveActor):
     def rooms(self) -> tuple[tuple[RoomName, pykka.ActorRef[Any]], ...]:
         return tuple((name, entry.room) for name, entry in sorted(self._state.rooms.items()))
 
+    @guarded
+    def listing(self) -> tuple[RoomInfo, ...]:
+        """What ``GET /api/rooms`` shows: every room as it last reported (no room is asked)."""
+        return self._state.listing()
+
     def handle(self, message: Any) -> None:
         match message:
+            case RoomChanged(publisher=publisher, info=info):
+                self._state.room_changed(publisher, info)
             case RoomCrashed(room=room, actor_urn=urn):
                 entry = self._state.rooms.get(room)
                 if entry is not None and entry.room.actor_urn == urn:
@@ -214,6 +260,7 @@ class DirectoryProxy(ActorMemberMixin, pykka.ActorProxy[DirectoryActor]):
     end_all = proxy_method(DirectoryActor.end_all)
     lookup = proxy_method(DirectoryActor.lookup)
     rooms = proxy_method(DirectoryActor.rooms)
+    listing = proxy_method(DirectoryActor.listing)
     ping = proxy_method(DirectoryActor.ping)
 
 

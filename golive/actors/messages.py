@@ -140,7 +140,8 @@ class RoutingTable:
 
 @dataclass(frozen=True, slots=True)
 class RoomInfo:
-    """What ``GET /api/rooms`` shows of a room."""
+    """What ``GET /api/rooms`` shows of a room. The room's actor owns it and tells every change
+    to the directory (:class:`RoomChanged`), which lists the rooms without asking each one."""
 
     name: RoomName
     has_publisher: bool
@@ -248,6 +249,16 @@ class RoomCrashed:
 
     room: RoomName
     actor_urn: str
+
+
+@dataclass(frozen=True, slots=True)
+class RoomChanged:
+    """What the room now shows in ``GET /api/rooms`` (room → directory, after every change:
+    live with its tracks, a viewer in or out). ``publisher`` names the room's incarnation, so
+    the directory ignores a late report from a room whose name was freed and claimed again."""
+
+    publisher: SessionId
+    info: RoomInfo
 
 
 @dataclass(frozen=True, slots=True)

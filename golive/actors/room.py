@@ -10,6 +10,9 @@ the track's fanout); a recorder that crashes fails its recording, not the room.
 
 A room is created by the directory on its first publish, *pending* until the publisher's
 offer is answered (:class:`PublisherReady`), then *live*. Only a live room admits viewers.
+Whenever what ``GET /api/rooms`` shows of the room changes (live with its tracks, a viewer in
+or out), the room tells the directory (:class:`RoomChanged`), which lists every room from
+those reports without asking any room.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from golive.actors.messages import (
     Refusal,
     Refused,
     Role,
+    RoomChanged,
     RoomCrashed,
     RoomInfo,
     RoomName,
@@ -73,6 +77,7 @@ class RoomState:
     tracks: tuple[TrackInfo, ...] = ()
     subscribers: set[SessionId] = field(default_factory=set)
     ended: EndReason | None = None
+    reported: RoomInfo | None = None  # what the directory was last told of the room
 
     def go_live(self, session: SessionId, tracks: tuple[TrackInfo, ...]) -> Refusal | None:
         """The publisher's offer was answered with these tracks."""
@@ -122,6 +127,15 @@ class RoomState:
             tracks=self.tracks,
             subscribers=len(self.subscribers),
         )
+
+    def report(self) -> RoomInfo | None:
+        """The room's info if the directory has not been told it yet (from now on it has);
+        None if nothing changed, or once the room has ended (the directory has dropped it)."""
+        info = self.info()
+        if self.ended is not None or info == self.reported:
+            return None
+        self.reported = info
+        return info
 
 
 class RoomActor(GoliveActor):
@@ -184,6 +198,7 @@ class RoomActor(GoliveActor):
                     recorder=self._start_recorder(key, track),
                 )
         self._log.info("room live", tracks=[t.codec for t in message.tracks])
+        self._report()
         return Done()
 
     def _start_recorder(self, key: TrackKey, track: TrackInfo) -> pykka.ActorRef[Any] | None:
@@ -230,6 +245,7 @@ class RoomActor(GoliveActor):
         self._subscribers[session] = ref
         self._metrics.sessions.labels(Role.SUBSCRIBER.value).inc()
         self._count_subscribers()
+        self._report()
         self._log.info("subscriber admitted", session=session)
         return SubscriberAdmitted(self._state.name, session, self._state.tracks, ref)
 
@@ -251,6 +267,7 @@ class RoomActor(GoliveActor):
 
     @guarded
     def describe(self) -> RoomInfo:
+        """The room as it sees itself (``GET /api/rooms`` reads the directory's copy)."""
         return self._state.info()
 
     # -- told ---------------------------------------------------------------------------------
@@ -315,6 +332,15 @@ class RoomActor(GoliveActor):
         self._metrics.sessions_ended.labels(Role.SUBSCRIBER.value, reason.value).inc()
         if self._state.ended is None:
             self._count_subscribers()
+            self._report()
+
+    def _report(self) -> None:
+        """Tell the directory what the room now shows in ``GET /api/rooms``, if that changed.
+        Told before the room answers the command that changed it, so a listing asked after
+        that answer already sees the change (the directory's inbox is in order)."""
+        info = self._state.report()
+        if info is not None:
+            tell_quietly(self._directory, RoomChanged(self._state.publisher, info))
 
     def _count_subscribers(self) -> None:
         self._metrics.subscribers.labels(self._state.name).set(len(self._state.subscribers))

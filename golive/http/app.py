@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 from collections.abc import AsyncIterator
 
 import structlog
@@ -66,7 +67,7 @@ def create_app(
     app.cleanup_ctx.append(_loop_lag)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_text)
-    app.router.add_get("/api/rooms", list_rooms)
+    app.router.add_get("/api/rooms", RoomsListing().handle)
     app.router.add_get("/api/bootstrap", bootstrap)
     app.router.add_post("/api/admin/rooms/{room}/close", admin_close_room)
     add_whip_routes(app, config)
@@ -156,9 +157,22 @@ def room_json(info: RoomInfo) -> dict[str, object]:
     }
 
 
-async def list_rooms(request: web.Request) -> web.Response:
-    rooms = await request.app[ROOMS].rooms()
-    return web.json_response([room_json(info) for info in rooms])
+class RoomsListing:
+    """``GET /api/rooms``: one ask to the directory, and the JSON rendered once per listing.
+
+    The directory hands out the same tuple until a room comes, goes or changes, so the text
+    rendered for it is kept and a repeated listing costs the loop no encoding (300 rooms take
+    about 0.6 ms to render). One per app, on the loop only.
+    """
+
+    def __init__(self) -> None:
+        self._rendered: tuple[tuple[RoomInfo, ...], str] | None = None
+
+    async def handle(self, request: web.Request) -> web.Response:
+        rooms = await request.app[ROOMS].rooms()
+        if self._rendered is None or self._rendered[0] is not rooms:
+            self._rendered = (rooms, json.dumps([room_json(info) for info in rooms]))
+        return web.Response(text=self._rendered[1], content_type="application/json")
 
 
 async def bootstrap(request: web.Request) -> web.Response:

@@ -558,7 +558,8 @@ and are open only when no credential at all is configured. A session's resource 
 whoever created it (or an admin): someone else's credential gets `403`.
 
 **Rate limiting.** With `RATE_LIMIT_RPS`, every `POST`, `PATCH` and `DELETE` takes a token
-from its client IP's bucket: `429` with `Retry-After` when there is none.
+from its client IP's bucket, and `GET /api/rooms` one from a second bucket of that IP (same
+rate and burst): `429` with `Retry-After` when there is none. Other reads are never limited.
 
 **CORS.** Every response carries `Access-Control-Allow-Origin` (`ALLOWED_ORIGIN`), allows
 `GET, POST, PATCH, DELETE, OPTIONS` and the headers `Content-Type, Authorization,
@@ -624,12 +625,17 @@ OPENAPI: Final[dict[str, Any]] = {
                 "tags": ["rooms"],
                 "operationId": "listRooms",
                 "summary": "The live rooms.",
+                "description": (
+                    "Rate limited per client IP (`RATE_LIMIT_RPS`) in a bucket of its own, "
+                    "apart from `POST`, `PATCH` and `DELETE`."
+                ),
                 "security": _PUBLIC,
                 "responses": {
                     "200": _json(
                         "Every room (`tracks` is a count, `trackList` the tracks).",
                         {"type": "array", "items": _ref("schemas", "Room")},
                     ),
+                    "429": _ref("responses", "TooManyRequests"),
                     "503": _ref("responses", "ServiceUnavailable"),
                 },
             },

@@ -1,13 +1,20 @@
-"""Rate limiting: a token bucket per client IP on POST, PATCH and DELETE (contract section 7).
+"""Rate limiting: a token bucket per client IP on POST, PATCH and DELETE (contract section 7),
+and one on listing the rooms.
 
 Every client IP has a bucket holding up to ``RATE_LIMIT_BURST`` tokens that refills at
 ``RATE_LIMIT_RPS`` tokens a second; each POST, PATCH or DELETE takes one. A request that
 finds no whole token is answered ``429 {"error": "too many requests"}`` with ``Retry-After``
 (whole seconds, at least 1) saying when the next token is due, and never reaches its
-handler, so a refused request costs no actor, room or peer-connection work. GET, HEAD and
-OPTIONS are never limited: they change nothing and are what health checks, metrics scrapers
-and CORS preflights send. Refused requests take no token, so a client that keeps hammering
-is let in again as soon as it slows down to the configured rate.
+handler, so a refused request costs no actor, room or peer-connection work. Refused requests
+take no token, so a client that keeps hammering is let in again as soon as it slows down to
+the configured rate.
+
+``GET`` (and ``HEAD``) ``/api/rooms`` is the one public read that costs the actors something
+(an ask to the directory, a JSON array the size of the room list), so it is limited too, with
+the same rate and burst but a second bucket per client IP: the pages poll the list every two
+seconds, and that must never cost the same address's publish or trickle a 429 (nor a burst
+of trickle PATCHes its list). Every other GET, HEAD and OPTIONS is never limited: health
+checks, metrics scrapers, the pages and CORS preflights.
 
 The middleware is the innermost one, so a 429 goes out through ``error_middleware`` and
 ``cors_middleware`` and carries CORS headers like any other error (a browser can read it).
@@ -51,6 +58,7 @@ from golive.http.keys import METRICS
 __all__ = [
     "DEFAULT_MAX_ENTRIES",
     "LIMITED_METHODS",
+    "LIMITED_READS",
     "Network",
     "TokenBuckets",
     "client_ip",
@@ -67,6 +75,9 @@ Clock: TypeAlias = Callable[[], float]
 
 #: The methods that take a token: the ones that create, change or end something.
 LIMITED_METHODS: Final = frozenset({"POST", "PATCH", "DELETE"})
+#: Routes (as the router names them) whose GET and HEAD take a token from the read buckets.
+LIMITED_READS: Final = frozenset({"/api/rooms"})
+_READ_METHODS: Final = frozenset({"GET", "HEAD"})
 #: At most this many buckets are kept; beyond it the least recently used one is dropped.
 DEFAULT_MAX_ENTRIES: Final = 100_000
 #: What :func:`client_ip` says when the request has no peer address at all.
@@ -235,6 +246,12 @@ def client_ip(request: web.BaseRequest, trusted: tuple[Network, ...]) -> str:
     return str(client)
 
 
+def _route(request: web.Request) -> str | None:
+    """The route the router matched (its canonical path), whatever spelling reached it."""
+    resource = request.match_info.route.resource
+    return None if resource is None else resource.canonical
+
+
 def rate_limit_middleware(config: Config, *, clock: Clock = time.monotonic) -> Middleware:
     """The rate-limiting middleware for ``config``: a pass-through when it is off."""
     if not config.rate_limit_enabled:
@@ -245,12 +262,18 @@ def rate_limit_middleware(config: Config, *, clock: Clock = time.monotonic) -> M
 
         return unlimited
 
-    buckets = TokenBuckets(config.rate_limit_rps, config.effective_rate_limit_burst, clock=clock)
+    rate, burst = config.rate_limit_rps, config.effective_rate_limit_burst
+    writes = TokenBuckets(rate, burst, clock=clock)
+    reads = TokenBuckets(rate, burst, clock=clock)
     trusted = trusted_networks(config.trusted_proxies)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.method not in LIMITED_METHODS:
+        if request.method in LIMITED_METHODS:
+            buckets = writes
+        elif request.method in _READ_METHODS and _route(request) in LIMITED_READS:
+            buckets = reads
+        else:
             return await handler(request)
         ip = client_ip(request, trusted)
         wait = buckets.acquire(ip)

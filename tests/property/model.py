@@ -32,6 +32,7 @@ from golive.actors.messages import (
     MediaKind,
     Refusal,
     Role,
+    RoomInfo,
     RoomName,
     RoutePhase,
     SessionId,
@@ -108,6 +109,8 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.closed: dict[SessionId, EndReason] = {}  # every ended session, and why
         self.ready = False
         self.unadopted: list[SessionId] = []
+        # Every ended room's publisher, and what its room showed when it ended.
+        self.ended_rooms: list[tuple[SessionId, RoomInfo]] = []
         RUNS[self.name, "examples"] += 1
 
     # -- the system under test (subclasses) ---------------------------------------------------
@@ -142,6 +145,15 @@ class LifecycleMachine(RuleBasedStateMachine):
     def admin_close(self, room: RoomName) -> bool:
         raise NotImplementedError
 
+    def late_report(self, publisher: SessionId, info: RoomInfo) -> None:
+        """Deliver a room's report to the directory after that room has ended."""
+        raise NotImplementedError
+
+    def room_views(self) -> tuple[dict[RoomName, RoomInfo], dict[RoomName, RoomInfo]]:
+        """What the directory lists (``GET /api/rooms``), and what each room in the directory
+        says of itself (its own ``describe()``), by name."""
+        raise NotImplementedError
+
     def observe(self) -> Observed:
         raise NotImplementedError
 
@@ -159,6 +171,10 @@ class LifecycleMachine(RuleBasedStateMachine):
     def end_room(self, name: RoomName, reason: EndReason) -> None:
         room = self.model.pop(name)
         self.closed[room.publisher] = reason
+        shown = RoomInfo(
+            name, has_publisher=True, tracks=room.tracks, subscribers=len(room.subscribers)
+        )
+        self.ended_rooms.append((room.publisher, shown))
         for viewer in room.subscribers:
             RUNS[self.name, "viewers ended by their room"] += 1
             self.closed[viewer] = reason
@@ -317,7 +333,26 @@ class LifecycleMachine(RuleBasedStateMachine):
         if room in self.model:
             self.end_room(room, EndReason.ADMIN_CLOSED)
 
+    @precondition(lambda self: bool(self.ended_rooms))
+    @rule(data=st.data())
+    def late_report_rule(self, data: st.DataObject) -> None:
+        """An ended room's report reaches the directory late (sent as the room ended, or after
+        its name was claimed again): the directory must ignore it."""
+        publisher, info = data.draw(st.sampled_from(self.ended_rooms))
+        self.step(f"a late report of {info.name} by its ended publisher {publisher[:6]}")
+        if info.name in self.model:
+            RUNS[self.name, "late reports for a reclaimed name"] += 1
+        self.late_report(publisher, info)
+
     # -- invariants ---------------------------------------------------------------------------
+
+    @invariant()
+    def directory_lists_what_rooms_say(self) -> None:
+        """The directory's copy (what ``GET /api/rooms`` lists) is what each room says."""
+        if not self.ready:
+            return
+        listed, own = self.room_views()
+        assert listed == own, (listed, own)
 
     @invariant()
     def agrees_with_model(self) -> None:

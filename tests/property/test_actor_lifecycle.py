@@ -30,6 +30,8 @@ from golive.actors.messages import (
     Refusal,
     Refused,
     Role,
+    RoomChanged,
+    RoomInfo,
     RoomName,
     RoutePhase,
     SessionId,
@@ -37,6 +39,7 @@ from golive.actors.messages import (
     TrackId,
     TrackInfo,
 )
+from golive.actors.room import room_proxy
 from golive.actors.subscriber import subscriber_proxy
 from golive.config import Config
 from golive.sessions import SessionRecord
@@ -174,6 +177,16 @@ class ActorLifecycle(LifecycleMachine):
             what="the directory to drop the crashed room",
         )
         self.settle()
+
+    def late_report(self, publisher: SessionId, info: RoomInfo) -> None:
+        self.server.rooms._directory.actor_ref.tell(RoomChanged(publisher, info))
+        self.settle()
+
+    def room_views(self) -> tuple[dict[RoomName, RoomInfo], dict[RoomName, RoomInfo]]:
+        listed = {info.name: info for info in self.server.run(self.server.rooms.rooms())}
+        entries = self.server.rooms._directory.rooms().get(timeout=TIMEOUT)
+        own = {name: room_proxy(ref).describe().get(timeout=TIMEOUT) for name, ref in entries}
+        return listed, own
 
     def observe(self) -> Observed:
         self.server.call(self._deliver_probe_packets)

@@ -15,6 +15,7 @@ from golive.actors.messages import (
     EndReason,
     Refusal,
     Role,
+    RoomInfo,
     RoomName,
     RoutePhase,
     SessionId,
@@ -48,6 +49,13 @@ class PureLifecycle(LifecycleMachine):
             if entry.publisher == session:
                 return name
         return None
+
+    def _report(self, name: RoomName) -> None:
+        """What the room's actor does after each change: tell the directory what it shows."""
+        entry = self.directory.rooms[name]
+        info = entry.room.report()
+        if info is not None:
+            assert self.directory.room_changed(entry.publisher, info)
 
     def _room_fanouts(self, name: RoomName) -> list[tuple[TrackId, FanoutState]]:
         return [(track, f) for (room, track), f in self.fanouts.items() if room == name]
@@ -84,6 +92,7 @@ class PureLifecycle(LifecycleMachine):
             for track in tracks:
                 key = TrackKey(name, session, track.track_id)
                 self.fanouts.setdefault((name, track.track_id), FanoutState(key, track.kind))
+            self._report(name)
         return refusal
 
     def end_publisher(self, session: SessionId, *, failed: bool) -> bool:
@@ -104,6 +113,7 @@ class PureLifecycle(LifecycleMachine):
         refusal = state.admit(session)
         if refusal is not None:
             return refusal
+        self._report(room)
         self.subs[session] = (room, SubscriberState(frozenset(t.track_id for t in state.tracks)))
         return session
 
@@ -127,6 +137,7 @@ class PureLifecycle(LifecycleMachine):
         state = self._room(self.subs[session][0])
         assert state is not None
         removed = state.remove(session)
+        self._report(self.subs[session][0])
         self._close_viewer(session, EndReason.CLIENT_LEFT)
         return removed
 
@@ -135,6 +146,7 @@ class PureLifecycle(LifecycleMachine):
             state = self._room(self.subs[session][0])
             assert state is not None
             state.remove(session)
+            self._report(self.subs[session][0])
             self._close_viewer(session, EndReason.ICE_FAILED)
 
     def admin_close(self, room: RoomName) -> bool:
@@ -143,6 +155,14 @@ class PureLifecycle(LifecycleMachine):
             return False
         self._end(room, entry.room, EndReason.ADMIN_CLOSED)
         return True
+
+    def late_report(self, publisher: SessionId, info: RoomInfo) -> None:
+        assert not self.directory.room_changed(publisher, info)
+
+    def room_views(self) -> tuple[dict[RoomName, RoomInfo], dict[RoomName, RoomInfo]]:
+        listed = {info.name: info for info in self.directory.listing()}
+        own = {name: entry.room.info() for name, entry in self.directory.rooms.items()}
+        return listed, own
 
     def observe(self) -> Observed:
         rooms = {

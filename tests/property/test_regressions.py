@@ -109,4 +109,4 @@ async def test_a_viewer_leaving_after_its_room_ended_is_unknown(rooms: RoomServi
         Refusal.UNKNOWN_SESSION
     )
     rooms.peer_failed(viewer.session, EndReason.ICE_FAILED)  # a late transport event: ignored
-    assert await rooms.rooms() == []
+    assert await rooms.rooms() == ()
