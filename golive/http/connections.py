@@ -186,10 +186,6 @@ class GuardedRequestHandler(web.RequestHandler):
         super().data_received(data)
         self.guard.received()
 
-    def eof_received(self) -> None:
-        self.guard.peer_closed = True
-        super().eof_received()
-
     def connection_lost(self, exc: BaseException | None) -> None:
         self.guard.lost()
         super().connection_lost(exc)
@@ -242,7 +238,6 @@ class _Guard:
         self.admission = admission
         self.loop = loop
         self.transport: asyncio.Transport | None = None
-        self.peer_closed = False
         self.in_request = False
         self.idle_since = 0.0
         self.closed_for: str | None = None
@@ -306,7 +301,7 @@ class _Guard:
             return
         self.closed_for = "header"
         self.connections.timed_out("header", self._peer())
-        transport.abort()  # nothing of ours is pending; a peer that reads nothing cannot stall it
+        transport.abort()  # not close(): a peer that reads nothing cannot hold it with our output
 
     def _cancel(self) -> None:
         if self._deadline is not None:
@@ -463,6 +458,8 @@ class Listener:
             self._last_line = now
         for sock in self.sockets:
             self._loop.remove_reader(sock.fileno())
+        if self._retry is not None:
+            self._retry.cancel()
         self._backoff = min(ACCEPT_RETRY_MAX, max(ACCEPT_RETRY_MIN, self._backoff * 2))
         self._retry = self._loop.call_later(self._backoff, self._resume)
 
