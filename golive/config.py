@@ -55,6 +55,7 @@ SECRET_VARIABLES: Final = frozenset(
         "JWT_SECRET",
         "ADMIN_TOKEN",
         "TURN_PASSWORD",
+        "TURN_SECRET",
         "S3_ACCESS_KEY",
         "S3_SECRET_KEY",
     }
@@ -80,6 +81,20 @@ DEFAULT_UPLOAD_RETRY_MAX_SECONDS: Final = 60.0
 DEFAULT_UPLOAD_MAX_ATTEMPTS: Final = 10
 DEFAULT_MAX_SESSIONS: Final = 2000
 DEFAULT_MAX_PENDING_NEGOTIATIONS: Final = 64
+# TURN REST credentials (TURN_SECRET) live a day, as draft-uberti-behave-turn-rest recommends:
+# coturn checks the expiry on every Refresh, so a shorter life would cut a relayed stream
+# that runs longer; a leaked credential is useful for a day at most.
+DEFAULT_TURN_CREDENTIAL_TTL_SECONDS: Final = 86400
+# HTTP connections (docs/operations.md, "HTTP connections"). A request's line and headers
+# arrive in one round trip from any real client: 10 s is generous even on a bad mobile link.
+DEFAULT_HTTP_HEADER_TIMEOUT_SECONDS: Final = 10.0
+# The largest body golive reads is 1 MiB (an SDP offer is a few KiB): 30 s is ~35 KB/s.
+DEFAULT_HTTP_BODY_TIMEOUT_SECONDS: Final = 30.0
+# nginx's default: longer than the 60 s idle timeout of nginx upstreams and AWS load
+# balancers, so a reverse proxy drops a pooled connection before golive does (no 502 race).
+DEFAULT_HTTP_KEEPALIVE_TIMEOUT_SECONDS: Final = 75.0
+# Well under the usual open-file limit once golive has raised it (docs/operations.md).
+DEFAULT_HTTP_MAX_CONNECTIONS: Final = 1000
 
 #: Room names, as in the HTTP routes (contract section 2).
 ROOM_NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -437,6 +452,14 @@ class Config:
     trusted_proxies: tuple[str, ...] = ()  # networks whose X-Forwarded-For is believed
     max_sessions: int = DEFAULT_MAX_SESSIONS  # 0 = no limit
     max_pending_negotiations: int = DEFAULT_MAX_PENDING_NEGOTIATIONS  # 0 = no limit
+    # TURN REST credentials (coturn's use-auth-secret) instead of TURN_USERNAME/TURN_PASSWORD.
+    turn_secret: str = field(default="", repr=False)
+    turn_credential_ttl_seconds: int = DEFAULT_TURN_CREDENTIAL_TTL_SECONDS
+    # HTTP connections: timeouts and a cap on open connections (0 = no limit).
+    http_header_timeout_seconds: float = DEFAULT_HTTP_HEADER_TIMEOUT_SECONDS
+    http_body_timeout_seconds: float = DEFAULT_HTTP_BODY_TIMEOUT_SECONDS
+    http_keepalive_timeout_seconds: float = DEFAULT_HTTP_KEEPALIVE_TIMEOUT_SECONDS
+    http_max_connections: int = DEFAULT_HTTP_MAX_CONNECTIONS
 
     def __post_init__(self) -> None:
         if not isinstance(self.room_tokens, MappingProxyType):
@@ -464,6 +487,12 @@ class Config:
         if self.upload_retry_base_seconds > self.upload_retry_max_seconds:
             raise ConfigError(
                 "UPLOAD_RETRY_BASE_SECONDS", "must not exceed UPLOAD_RETRY_MAX_SECONDS"
+            )
+        if self.turn_secret and (self.turn_username or self.turn_password):
+            raise ConfigError(
+                "TURN_SECRET",
+                "cannot be combined with TURN_USERNAME/TURN_PASSWORD: it makes a fresh "
+                "username and password for each answer; set one scheme only",
             )
 
     @classmethod
@@ -564,6 +593,37 @@ class Config:
                 DEFAULT_MAX_PENDING_NEGOTIATIONS,
                 0,
             ),
+            turn_secret=get("TURN_SECRET"),
+            turn_credential_ttl_seconds=_parse_int(
+                "TURN_CREDENTIAL_TTL_SECONDS",
+                get("TURN_CREDENTIAL_TTL_SECONDS"),
+                DEFAULT_TURN_CREDENTIAL_TTL_SECONDS,
+                1,
+            ),
+            http_header_timeout_seconds=_parse_float(
+                "HTTP_HEADER_TIMEOUT_SECONDS",
+                get("HTTP_HEADER_TIMEOUT_SECONDS"),
+                DEFAULT_HTTP_HEADER_TIMEOUT_SECONDS,
+                positive=True,
+            ),
+            http_body_timeout_seconds=_parse_float(
+                "HTTP_BODY_TIMEOUT_SECONDS",
+                get("HTTP_BODY_TIMEOUT_SECONDS"),
+                DEFAULT_HTTP_BODY_TIMEOUT_SECONDS,
+                positive=True,
+            ),
+            http_keepalive_timeout_seconds=_parse_float(
+                "HTTP_KEEPALIVE_TIMEOUT_SECONDS",
+                get("HTTP_KEEPALIVE_TIMEOUT_SECONDS"),
+                DEFAULT_HTTP_KEEPALIVE_TIMEOUT_SECONDS,
+                positive=True,
+            ),
+            http_max_connections=_parse_int(
+                "HTTP_MAX_CONNECTIONS",
+                get("HTTP_MAX_CONNECTIONS"),
+                DEFAULT_HTTP_MAX_CONNECTIONS,
+                0,
+            ),
         )
 
     # ---------------------------------------------------------------- derived values
@@ -603,6 +663,7 @@ class Config:
             self.jwt_secret,
             self.admin_token,
             self.turn_password,
+            self.turn_secret,
             self.s3_access_key,
             self.s3_secret_key,
         )
@@ -663,6 +724,12 @@ class Config:
             "TRUSTED_PROXIES": list(self.trusted_proxies),
             "MAX_SESSIONS": self.max_sessions,
             "MAX_PENDING_NEGOTIATIONS": self.max_pending_negotiations,
+            "TURN_SECRET": secret(self.turn_secret),
+            "TURN_CREDENTIAL_TTL_SECONDS": self.turn_credential_ttl_seconds,
+            "HTTP_HEADER_TIMEOUT_SECONDS": self.http_header_timeout_seconds,
+            "HTTP_BODY_TIMEOUT_SECONDS": self.http_body_timeout_seconds,
+            "HTTP_KEEPALIVE_TIMEOUT_SECONDS": self.http_keepalive_timeout_seconds,
+            "HTTP_MAX_CONNECTIONS": self.http_max_connections,
         }
 
 

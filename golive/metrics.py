@@ -56,6 +56,11 @@ class Metrics:
     rate_limited: Counter  # golive_http_rate_limited_total{method}
     session_setup: Histogram  # golive_session_setup_seconds{role,stage}
     loop_lag: Histogram  # golive_event_loop_lag_seconds
+    # HTTP connections (golive/http/connections.py)
+    http_connections: Gauge  # golive_http_connections
+    http_connections_refused: Counter  # golive_http_connections_refused_total
+    http_connections_timed_out: Counter  # golive_http_connections_timed_out_total{reason}
+    http_accept_failures: Counter  # golive_http_accept_failures_total
 
     def forget_room(self, room: str) -> None:
         """Drop a finished room's label values, so label cardinality stays bounded."""
@@ -257,6 +262,27 @@ def create_metrics() -> Metrics:
             "How late the event loop (HTTP and every packet) ran a callback due now; sampled "
             "twice a second.",
             buckets=LAG_BUCKETS,
+            registry=registry,
+        ),
+        http_connections=Gauge(
+            "golive_http_connections", "HTTP connections open now.", registry=registry
+        ),
+        http_connections_refused=Counter(
+            "golive_http_connections_refused",
+            "HTTP connections closed as soon as accepted: HTTP_MAX_CONNECTIONS were open.",
+            registry=registry,
+        ),
+        http_connections_timed_out=Counter(
+            "golive_http_connections_timed_out",
+            "HTTP connections closed by a timeout, by reason (header: request line and headers "
+            "not complete in time; body: body not complete in time; keepalive: idle after a "
+            "response).",
+            ["reason"],
+            registry=registry,
+        ),
+        http_accept_failures=Counter(
+            "golive_http_accept_failures",
+            "Connections the server could not accept: out of file descriptors (or memory).",
             registry=registry,
         ),
     )

@@ -24,6 +24,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 from typing import Final
 
 JOURNAL_DIR: Final = ".golive"
@@ -128,20 +129,26 @@ class RecordingStore:
                 stat = entry.stat(follow_symlinks=False)
             except FileNotFoundError:  # deleted meanwhile (uploaded and removed)
                 continue
+            if stat.st_nlink != 1:  # see find()
+                continue
             files.append(RecordingFile(entry.name, stat.st_size, stat.st_mtime))
         files.sort(key=lambda f: (f.mtime, f.name), reverse=True)
         return files
 
     def find(self, name: str) -> Path | None:
         """The path of recording ``name``, or None: only names of the recording pattern, only
-        regular files directly in the directory (no traversal, no symlinks)."""
+        regular files directly in the directory (no traversal, no symlinks), with no other
+        hard link. golive never links a recording (each is a file it created, or a repaired
+        copy renamed over it): a second link is someone who can write ``RECORD_DIR`` making
+        another file of golive's user (a key, a config) look like a recording."""
         if not NAME_PATTERN.fullmatch(name):
             return None
         path = self.directory / name
         try:
-            if not path.is_file() or path.is_symlink():
-                return None
+            stat = path.lstat()
         except OSError:
+            return None
+        if not S_ISREG(stat.st_mode) or stat.st_nlink != 1:
             return None
         return path
 

@@ -3,12 +3,19 @@
 SIGTERM or SIGINT: stop accepting, end every session and room (the app's cleanup), stop the
 actors, exit 0. A second signal during that drain forces an immediate exit (status 1).
 SIGUSR1 logs the stack of every thread (every actor has one).
+
+HTTP connections are accepted by :func:`golive.http.connections.listen` (the cap, the
+timeouts, JSON for aiohttp's own errors). At start the soft open-file limit is raised to the
+hard one, as Go does for every program (so Go-Live did too): the usual soft limit of 1024
+would leave a server with ``MAX_SESSIONS`` and ``HTTP_MAX_CONNECTIONS`` at their defaults
+short of descriptors.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import ssl
 import sys
@@ -20,6 +27,8 @@ from aiohttp import web
 from golive import __version__
 from golive.config import Config, ConfigError, load_or_exit
 from golive.http.app import create_app
+from golive.http.connections import listen
+from golive.http.keys import CONNECTIONS
 from golive.logs import configure_logging
 
 log = structlog.get_logger(__name__)
@@ -35,7 +44,32 @@ def main() -> int:
         sys.stderr.write(f"golive: invalid configuration: {error}\n")
         return 2
     configure_logging(config.log_level, config.log_format, config.secrets())
+    raise_open_file_limit()
     return asyncio.run(serve(config, ssl_context=context))
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard one (never above it); the limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if resource.RLIM_INFINITY in (hard, soft) or soft >= hard:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        return soft
+    return hard
+
+
+def _check_open_file_limit(config: Config) -> None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    cap = config.http_max_connections
+    if soft != resource.RLIM_INFINITY and (cap == 0 or cap > soft // 2):
+        log.warning(
+            "the open-file limit leaves little room beside HTTP_MAX_CONNECTIONS: raise it "
+            "(systemd LimitNOFILE=, ulimit -n) or lower HTTP_MAX_CONNECTIONS",
+            open_file_limit=soft,
+            http_max_connections=cap,
+        )
 
 
 def tls_context(config: Config) -> ssl.SSLContext | None:
@@ -83,28 +117,31 @@ async def serve(
         shutdown_timeout=config.shutdown_timeout_seconds,
     )
     await runner.setup()
-    site = web.TCPSite(
-        runner,
-        host=config.http_host,
-        port=config.http_port,
-        ssl_context=ssl_context if ssl_context is not None else tls_context(config),
-    )
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     # SIGUSR1: log every thread's stack (each actor is a thread), as Mopidy does.
     loop.add_signal_handler(signal.SIGUSR1, pykka.debug.log_thread_tracebacks)
     try:
-        await site.start()
+        listener = await listen(
+            runner,
+            runner.app[CONNECTIONS],
+            config.http_host,
+            config.http_port,
+            ssl_context=ssl_context if ssl_context is not None else tls_context(config),
+        )
         log.info(
             "golive listening",
             version=__version__,
-            addresses=[_address(a) for a in runner.addresses],
+            addresses=[_address(a) for a in listener.addresses],
             config=config.describe(),
+            open_file_limit=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
         )
+        _check_open_file_limit(config)
         if started is not None:
             started.set()
         await stopping.wait()
         # Stage 1: stop accepting; stage 2: the app's cleanup ends every room and the actors.
+        listener.close()
         await asyncio.wait_for(runner.cleanup(), timeout=config.shutdown_timeout_seconds * 2)
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):

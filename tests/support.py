@@ -21,7 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from golive.actors.messages import EndReason, TrackKey
 from golive.config import Config
 from golive.http.app import create_app
-from golive.http.keys import ROOMS
+from golive.http.connections import Listener, listen
+from golive.http.keys import CONNECTIONS, ROOMS
 from golive.rooms import RoomService
 from golive.tracing import Tracing
 
@@ -86,7 +87,8 @@ class ProbeEndpoint:
 
 
 class ServerThread:
-    """A real golive app (aiohttp + actors) on its own event loop thread, on 127.0.0.1."""
+    """A real golive app (aiohttp + actors) on its own event loop thread, on 127.0.0.1,
+    listening as ``golive`` does (its connection cap and timeouts, from the config)."""
 
     def __init__(self, config: Config, tracing: Tracing | None = None) -> None:
         self._config = config
@@ -94,7 +96,9 @@ class ServerThread:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="golive-test-loop")
         self._runner: web.AppRunner | None = None
+        self._listener: Listener | None = None
         self.url = ""
+        self.port = 0
 
     def start(self) -> ServerThread:
         self._thread.start()
@@ -102,14 +106,13 @@ class ServerThread:
         return self
 
     async def _start(self) -> None:
-        self._runner = web.AppRunner(
-            create_app(self._config, tracing=self._tracing), access_log=None
-        )
+        self._runner = web.AppRunner(create_app(self._config, tracing=self._tracing))
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
+        self._listener = await listen(
+            self._runner, self._runner.app[CONNECTIONS], "127.0.0.1", 0, access_log=None
+        )
+        host, self.port = self._listener.addresses[0][:2]
+        self.url = f"http://{host}:{self.port}"
 
     @property
     def app(self) -> web.Application:
@@ -142,6 +145,9 @@ class ServerThread:
             return response.status, response.read()
 
     def stop(self) -> None:
+        if self._listener is not None:
+            self.call(self._listener.close)
+            self._listener = None
         if self._runner is not None:
             self.run(self._runner.cleanup())
             self._runner = None

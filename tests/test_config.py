@@ -77,6 +77,12 @@ ALL_VARIABLES = frozenset(
         "TRUSTED_PROXIES",
         "MAX_SESSIONS",
         "MAX_PENDING_NEGOTIATIONS",
+        "TURN_SECRET",
+        "TURN_CREDENTIAL_TTL_SECONDS",
+        "HTTP_HEADER_TIMEOUT_SECONDS",
+        "HTTP_BODY_TIMEOUT_SECONDS",
+        "HTTP_KEEPALIVE_TIMEOUT_SECONDS",
+        "HTTP_MAX_CONNECTIONS",
     }
 )
 
@@ -140,7 +146,14 @@ FULL_ENV = {
     "TRUSTED_PROXIES": "10.0.0.0/8, 192.0.2.7",
     "MAX_SESSIONS": "500",
     "MAX_PENDING_NEGOTIATIONS": "8",
+    "TURN_CREDENTIAL_TTL_SECONDS": "3600",
+    "HTTP_HEADER_TIMEOUT_SECONDS": "2.5",
+    "HTTP_BODY_TIMEOUT_SECONDS": "7",
+    "HTTP_KEEPALIVE_TIMEOUT_SECONDS": "120",
+    "HTTP_MAX_CONNECTIONS": "250",
 }
+# TURN_SECRET excludes TURN_USERNAME/TURN_PASSWORD, so FULL_ENV (which has those) lacks it.
+TURN_REST_SECRET = "turn-rest-SECRET-0009"  # noqa: S105  a test value
 
 
 def config_error(env: dict[str, str]) -> ConfigError:
@@ -200,6 +213,12 @@ def test_defaults() -> None:
     assert config.shutdown_timeout_seconds == 10
     assert config.actor_timeout_seconds == 5
     assert config.session_connect_timeout_seconds == 30
+    assert config.turn_secret == ""
+    assert config.turn_credential_ttl_seconds == 86400
+    assert config.http_header_timeout_seconds == 10
+    assert config.http_body_timeout_seconds == 30
+    assert config.http_keepalive_timeout_seconds == 75
+    assert config.http_max_connections == 1000
     assert config.secrets() == ()
 
 
@@ -272,6 +291,35 @@ def test_every_variable_set() -> None:
     assert config.shutdown_timeout_seconds == 2.5
     assert config.actor_timeout_seconds == 0.75
     assert config.session_connect_timeout_seconds == 12.5
+    assert config.turn_credential_ttl_seconds == 3600
+    assert config.http_header_timeout_seconds == 2.5
+    assert config.http_body_timeout_seconds == 7
+    assert config.http_keepalive_timeout_seconds == 120
+    assert config.http_max_connections == 250
+
+
+def test_turn_secret_is_a_secret_of_its_own() -> None:
+    config = Config.from_env(
+        {"TURN_URLS": "turn:turn.example.com", "TURN_SECRET": TURN_REST_SECRET}
+    )
+    assert config.turn_secret == TURN_REST_SECRET
+    assert config.secrets() == (TURN_REST_SECRET,)
+    assert TURN_REST_SECRET not in repr(config)
+    assert config.describe()["TURN_SECRET"] == "<set>"  # noqa: S105  the marker, not a secret
+    assert TURN_REST_SECRET not in repr(config.describe())
+
+
+@pytest.mark.parametrize("other", ["TURN_USERNAME", "TURN_PASSWORD"])
+def test_turn_secret_excludes_a_static_turn_password(other: str) -> None:
+    error = config_error({"TURN_SECRET": TURN_REST_SECRET, other: "SeCrEt-static"})
+    assert error.variable == "TURN_SECRET"
+    assert other in error.problem
+    assert "SeCrEt" not in str(error)
+    assert TURN_REST_SECRET not in str(error)
+
+
+def test_no_http_connection_limit() -> None:
+    assert Config.from_env({"HTTP_MAX_CONNECTIONS": "0"}).http_max_connections == 0
 
 
 @pytest.mark.parametrize(
@@ -463,6 +511,16 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("TRUSTED_PROXIES", "proxy.local"),
     ("MAX_SESSIONS", "-1"),
     ("MAX_PENDING_NEGOTIATIONS", "many"),
+    ("TURN_CREDENTIAL_TTL_SECONDS", "0"),
+    ("TURN_CREDENTIAL_TTL_SECONDS", "1.5"),
+    ("TURN_CREDENTIAL_TTL_SECONDS", "a day"),
+    ("HTTP_HEADER_TIMEOUT_SECONDS", "0"),
+    ("HTTP_HEADER_TIMEOUT_SECONDS", "-1"),
+    ("HTTP_BODY_TIMEOUT_SECONDS", "never"),
+    ("HTTP_BODY_TIMEOUT_SECONDS", "inf"),
+    ("HTTP_KEEPALIVE_TIMEOUT_SECONDS", "0"),
+    ("HTTP_MAX_CONNECTIONS", "-1"),
+    ("HTTP_MAX_CONNECTIONS", "lots"),
 ]
 
 
@@ -617,7 +675,7 @@ def test_direct_construction_runs_cross_field_checks() -> None:
 
 
 def test_secret_variables_constant() -> None:
-    assert frozenset(SECRET_ENV) == SECRET_VARIABLES
+    assert frozenset(SECRET_ENV) | {"TURN_SECRET"} == SECRET_VARIABLES
 
 
 def test_secrets_lists_every_secret_value() -> None:
@@ -638,7 +696,7 @@ def test_repr_hides_secrets() -> None:
 def test_describe_covers_every_variable_and_hides_secrets() -> None:
     description = Config.from_env(FULL_ENV).describe()
     assert set(description) == ALL_VARIABLES
-    for name in SECRET_VARIABLES:
+    for name in SECRET_ENV:
         assert description[name] == "<set>"
     for secret in SECRET_VALUES:
         assert secret not in repr(description)

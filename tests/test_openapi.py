@@ -122,9 +122,9 @@ def test_operations_say_what_the_contract_says() -> None:
 @pytest.mark.parametrize(
     ("method", "path", "codes"),
     [
-        ("POST", "/api/whip/publish/{room}", {201, 400, 401, 409, 413, 415, 429, 503}),
-        ("POST", "/api/whep/play/{room}", {201, 400, 401, 403, 404, 413, 415, 429, 503}),
-        ("PATCH", "/api/whip/publish/{room}/{session}", {204, 404, 412, 415, 422, 428, 429}),
+        ("POST", "/api/whip/publish/{room}", {201, 400, 401, 408, 409, 413, 415, 429, 503}),
+        ("POST", "/api/whep/play/{room}", {201, 400, 401, 403, 404, 408, 413, 415, 429, 503}),
+        ("PATCH", "/api/whip/publish/{room}/{session}", {204, 404, 408, 412, 415, 422, 428, 429}),
         ("DELETE", "/api/whep/play/{room}/{session}", {200, 401, 403, 404, 429}),
         ("GET", "/api/whip/publish/{room}/{session}", {204, 404}),
         ("OPTIONS", "/api/whip/publish/{room}", {204}),

@@ -11,15 +11,19 @@ import contextlib
 import http.client
 import json
 import os
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from email.message import Message
+from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from golive.config import Config
+from golive.http.records import if_range_holds
 from tests.support import ServerThread
 
 IVF = "lobby_0_1764000000.ivf"  # oldest
@@ -248,6 +252,55 @@ def test_head_and_conditional_get(record_dir: Path) -> None:
         assert reply.body == b""
 
 
+def test_if_range_with_the_current_validator_gets_the_range(record_dir: Path) -> None:
+    """The validators FileResponse sends are the ones If-Range is checked against."""
+    with serving(record_dir) as server:
+        whole = fetch(server, f"/records/{IVF}")
+        for validator in (whole.headers["ETag"], whole.headers["Last-Modified"]):
+            reply = fetch(
+                server, f"/records/{IVF}", headers={"Range": "bytes=0-9", "If-Range": validator}
+            )
+            assert reply.status == 206, validator
+            assert reply.body == IVF_BYTES[:10]
+
+
+def test_if_range_with_a_stale_validator_gets_the_whole_file(record_dir: Path) -> None:
+    """RFC 9110 section 13.1.5: a validator that does not match means "send it all" (a 206 of
+    the new file would be spliced into the client's copy of the old one). Only a strong ETag
+    match, or exactly the Last-Modified date, keeps the range."""
+    with serving(record_dir) as server:
+        current = fetch(server, f"/records/{IVF}", method="HEAD").headers
+        etag, modified = current["ETag"], current["Last-Modified"]
+        later = format_datetime(parsedate_to_datetime(modified) + timedelta(days=1), usegmt=True)
+        earlier = format_datetime(parsedate_to_datetime(modified) - timedelta(days=1), usegmt=True)
+        for stale in (
+            '"0-0"',  # another version of the file
+            f"W/{etag}",  # weak: never matches strongly
+            etag.strip('"'),  # not a quoted entity tag, not a date
+            later,  # any date but exactly Last-Modified
+            earlier,
+            "not a date",
+        ):
+            reply = fetch(
+                server, f"/records/{IVF}", headers={"Range": "bytes=0-9", "If-Range": stale}
+            )
+            assert reply.status == 200, stale
+            assert reply.body == IVF_BYTES
+            assert "Content-Range" not in reply.headers
+
+
+def test_if_range_by_date_is_ignored_while_the_file_changes(record_dir: Path) -> None:
+    """A date is a strong validator only for a file older than a second (RFC 9110 section
+    8.8.2.2): a recording being written changes within its second."""
+    path = record_dir / IVF
+    now = time.time()
+    os.utime(path, (now, now))
+    with serving(record_dir) as server:
+        modified = fetch(server, f"/records/{IVF}", method="HEAD").headers["Last-Modified"]
+        assert not if_range_holds(path, modified, now=now)
+        assert if_range_holds(path, modified, now=now + 2)
+
+
 def test_never_serves_a_precompressed_sibling(record_dir: Path) -> None:
     (record_dir / f"{IVF}.br").write_bytes(SECRET)
     with serving(record_dir) as server:
@@ -270,6 +323,25 @@ def test_only_recordings_are_listed(record_dir: Path) -> None:
     assert b"root:" not in reply.body
     names = {record["name"] for record in reply.json()}
     assert names == {IVF, OGG, MKV}  # no journal marker, symlink, directory or other name
+
+
+def test_a_hard_link_is_neither_listed_nor_served(record_dir: Path, tmp_path: Path) -> None:
+    """Whoever can write RECORD_DIR could hard-link any file of golive's user into it under a
+    recording's name (issue 12, finding 7); golive never links a recording itself."""
+    linked = "lobby_5_1764000800.ivf"
+    os.link(tmp_path / "secret", record_dir / linked)
+    # A recording that gained a second name elsewhere is no longer served either.
+    os.link(record_dir / OGG, tmp_path / "copy.ogg")
+    with serving(record_dir) as server:
+        names = {record["name"] for record in fetch(server, "/api/records").json()}
+        assert names == {IVF, MKV}
+        for name in (linked, OGG):
+            for method in ("GET", "HEAD"):
+                reply = fetch(server, f"/records/{name}", method=method)
+                assert reply.status == 404, (name, method)
+            assert_not_found(fetch(server, f"/records/{name}"))
+        (tmp_path / "copy.ogg").unlink()  # a single link again: served
+        assert fetch(server, f"/records/{OGG}").body == OGG_BYTES
 
 
 @pytest.mark.parametrize(

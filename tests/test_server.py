@@ -297,7 +297,9 @@ def test_malformed_requests_are_the_clients_error_not_the_servers(
     golive = start_golive({"LOG_LEVEL": level})
     golive.wait_listening()
     for payload in MALFORMED:
-        assert send_raw(golive.url, payload).startswith(b"HTTP/1.0 400 ")
+        answer = send_raw(golive.url, payload)
+        assert answer.startswith(b"HTTP/1.0 400 ")
+        assert b"Content-Type: application/json" in answer  # {"error": ...}, as every error
     assert golive.stop() == 0
     logged = records(golive.stdout)
     assert not [r for r in logged if r["level"] in {"warning", "error"}], logged

@@ -6,8 +6,10 @@ Every process is killed at the end of its test whatever happened; every wait has
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import ipaddress
+import socket
 import ssl
 import urllib.error
 import urllib.request
@@ -22,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.support import metric_samples
 from tests.test_server import Golive, environment, python_m, run_to_exit
 
 LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
@@ -120,6 +123,30 @@ def test_serves_https_with_the_configured_certificate(
     assert fetch(f"https://{address}/healthz", certificate.client_context())[0] == 200
     assert golive.stop() == 0
     assert golive.stderr() == []
+
+
+@pytest.mark.timeout(60)
+def test_a_tls_handshake_that_never_comes_is_cut_and_counted(
+    certificate: Certificate, golive_processes: list[Golive], tmp_path: Path
+) -> None:
+    """Silent TCP connections to a TLS port are bounded by the header timeout (asyncio's
+    handshake timeout is 60 s) and by the connection cap, handshakes included."""
+    env = {**certificate.env(), "HTTP_HEADER_TIMEOUT_SECONDS": "0.5", "HTTP_MAX_CONNECTIONS": "5"}
+    golive, address = start(golive_processes, env, tmp_path)
+    host, port = address.split(":")
+    silent = [socket.create_connection((host, int(port)), timeout=10) for _ in range(8)]
+    try:
+        for sock in silent:  # closed by the server: at once beyond the cap, the rest in 0.5 s
+            with contextlib.suppress(ConnectionResetError):
+                assert sock.recv(1) == b""
+    finally:
+        for sock in silent:
+            sock.close()
+    status, _, text = fetch(f"https://{address}/metrics", certificate.client_context())
+    assert status == 200
+    samples = metric_samples(text)
+    assert samples[("golive_http_connections_refused_total", ())] == 3
+    assert golive.stop() == 0
 
 
 @pytest.mark.timeout(60)

@@ -21,10 +21,11 @@ from golive.actors.messages import EndReason, RoomInfo, parse_room_name
 from golive.actors.system import ActorSystem
 from golive.config import Config
 from golive.http.auth import admin_allowed, client_auth_configured, unauthorized
+from golive.http.connections import Connections, HttpLimits, connection_middleware
 from golive.http.cors import cors_middleware
 from golive.http.debug import add_routes as add_debug_routes
 from golive.http.errors import error_middleware, json_error
-from golive.http.keys import CONFIG, LIMITS, MEDIA, METRICS, ROOMS, TRACING
+from golive.http.keys import CONFIG, CONNECTIONS, LIMITS, MEDIA, METRICS, ROOMS, TRACING
 from golive.http.limits import AdmissionLimits
 from golive.http.openapi import add_routes as add_openapi_routes
 from golive.http.ratelimit import rate_limit_middleware
@@ -51,14 +52,19 @@ def create_app(
     tracing = tracing if tracing is not None else Tracing.from_config(config)
     # CORS is outermost, so that errors (JSON, from error_middleware) carry its headers too;
     # rate limiting runs before any handler does work. With tracing on, a server span wraps
-    # them all.
+    # them all. Outermost of all, the connection middleware marks where each request starts
+    # and ends on its connection, and runs the body timeout (golive/http/connections.py).
+    metrics = metrics if metrics is not None else create_metrics()
+    connections = Connections(HttpLimits.from_config(config), metrics)
     middlewares = [cors_middleware(config), error_middleware, rate_limit_middleware(config)]
     if tracing.enabled:
         middlewares.insert(0, tracing_middleware(tracing))
+    middlewares.insert(0, connection_middleware(connections))
     app = web.Application(middlewares=middlewares, client_max_size=1 << 20)
     app[CONFIG] = config
     app[TRACING] = tracing
-    app[METRICS] = metrics if metrics is not None else create_metrics()
+    app[METRICS] = metrics
+    app[CONNECTIONS] = connections
     app[LIMITS] = AdmissionLimits(
         max_sessions=config.max_sessions, max_pending=config.max_pending_negotiations
     )

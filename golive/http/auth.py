@@ -5,8 +5,9 @@ Credentials come from ``Authorization: Bearer <t>`` or ``X-Auth-Token: <t>``. Fo
 1. a room token from ``ROOM_TOKENS`` admits that room only;
 2. ``AUTH_TOKEN`` admits every room;
 3. a JWT (HS256, ``JWT_SECRET``, through PyJWT) admits the room of its ``room`` claim, or every
-   room without one; ``exp`` and ``nbf`` are enforced when present, ``aud`` must match
-   ``JWT_AUDIENCE`` when that is set; ``role=admin`` or ``admin=true`` grants admin;
+   room without one (a ``room`` claim that is not a string, ``null`` included, admits none);
+   ``exp`` and ``nbf`` are enforced when present, ``aud`` must match ``JWT_AUDIENCE`` when
+   that is set; ``role=admin`` or ``admin=true`` grants admin (and every room);
 4. with none of these configured, publishing and playing are open.
 
 Admin routes (admin close, recordings) take ``ADMIN_TOKEN`` or an admin JWT, and are open only
@@ -136,10 +137,19 @@ def room_principal(config: Config, request: web.Request, room: str) -> Principal
     claims = _jwt_claims(config, token)
     if claims is None:
         return None
-    claimed = claims.get("room")
-    if claimed is not None and claimed != room and not _jwt_admin(claims):
+    if not _jwt_admits(claims, room):
         return None
     return _jwt_principal(claims, token)
+
+
+def _jwt_admits(claims: dict[str, Any], room: str) -> bool:
+    """An admin JWT admits every room; any other one the room of its ``room`` claim, or every
+    room when it has none. A ``room`` claim that is not a string (``null``, a number, a list)
+    admits no room: only an absent claim means "every room"."""
+    if _jwt_admin(claims) or "room" not in claims:
+        return True
+    claimed = claims["room"]
+    return isinstance(claimed, str) and claimed == room
 
 
 def admin_principal(config: Config, request: web.Request) -> Principal | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from golive.config import Config
+from golive.http.connections import Connections
 from golive.http.limits import AdmissionLimits
 from golive.media.peers import MediaHub
 from golive.metrics import Metrics
@@ -17,3 +18,4 @@ ROOMS = web.AppKey("rooms", RoomService)
 MEDIA = web.AppKey("media", MediaHub)
 LIMITS = web.AppKey("limits", AdmissionLimits)
 TRACING = web.AppKey("tracing", Tracing)
+CONNECTIONS = web.AppKey("connections", Connections)

@@ -78,6 +78,7 @@ def _whip_whep(kind: str, base: str, tag: str) -> dict[str, Any]:
         },
         "400": _error('`{"error": "invalid room name"}` or `{"error": "invalid SDP"}`.'),
         "401": _ref("responses", "Unauthorized"),
+        "408": _ref("responses", "RequestTimeout"),
         "413": _ref("responses", "PayloadTooLarge"),
         "415": _ref("responses", "UnsupportedMediaType"),
         "429": _ref("responses", "TooManyRequests"),
@@ -119,9 +120,11 @@ def _whip_whep(kind: str, base: str, tag: str) -> dict[str, Any]:
                 "operationId": f"{kind}Options",
                 "summary": f"What the {what} endpoint accepts.",
                 "description": (
-                    "`204` with `Accept-Post: application/sdp`; unless it is a CORS "
-                    "preflight (`Access-Control-Request-Method`), also one `Link` per ICE "
-                    "server."
+                    "`204` with `Accept-Post: application/sdp`, whoever asks; unless it is a "
+                    "CORS preflight (`Access-Control-Request-Method`), also one `Link` per "
+                    "STUN server and, when the request's credential admits the room (or no "
+                    "credential is configured), one per TURN server with its credentials. "
+                    "Without such a credential: STUN links only."
                 ),
                 "security": _PUBLIC,
                 "parameters": [_ref("parameters", "AccessControlRequestMethod")],
@@ -154,6 +157,7 @@ def _whip_whep(kind: str, base: str, tag: str) -> dict[str, Any]:
                     "401": _ref("responses", "Unauthorized"),
                     "403": _ref("responses", "NotOwner"),
                     "404": _ref("responses", "SessionNotFound"),
+                    "408": _ref("responses", "RequestTimeout"),
                     "412": _error("`If-Match` does not match the session's `ETag`."),
                     "413": _ref("responses", "PayloadTooLarge"),
                     "415": _ref("responses", "UnsupportedMediaType"),
@@ -398,7 +402,11 @@ _HEADERS: Final[dict[str, Any]] = {
     "Link": {
         "description": (
             'One `Link: <uri>; rel="ice-server"` per configured STUN/TURN URL (RFC 9725 '
-            "section 4.6); TURN ones carry `username`, `credential` and `credential-type`."
+            "section 4.6); TURN ones carry `username`, `credential` and `credential-type`, "
+            "and are sent only to a request whose credential admits the room. With "
+            "`TURN_SECRET` the pair is a TURN REST credential made for this answer: "
+            "`username` is `<unix expiry>:<room>`, `credential` is "
+            "base64(HMAC-SHA1(`TURN_SECRET`, `username`))."
         ),
         "schema": {"type": "string"},
     },
@@ -513,6 +521,10 @@ _RESPONSES: Final[dict[str, Any]] = {
     "SessionNotFound": _error(
         '`{"error": "session not found"}`: no such session in this room and role.'
     ),
+    "RequestTimeout": _error(
+        "The body did not arrive within `HTTP_BODY_TIMEOUT_SECONDS` of the headers: "
+        '`{"error": "request body not received in time"}`; the connection is closed.'
+    ),
     "PayloadTooLarge": _error(f"The body is over 1 MiB ({_MAX_BODY} bytes)."),
     "UnsupportedMediaType": _error("Wrong `Content-Type`."),
     "TooManyRequests": _error(
@@ -563,8 +575,17 @@ rate and burst): `429` with `Retry-After` when there is none. Other reads are ne
 
 **CORS.** Every response carries `Access-Control-Allow-Origin` (`ALLOWED_ORIGIN`), allows
 `GET, POST, PATCH, DELETE, OPTIONS` and the headers `Content-Type, Authorization,
-X-Auth-Token, If-Match`, and exposes `Location, ETag, Link`. An `OPTIONS` preflight on any
+X-Auth-Token, If-Match`, and exposes `Location, ETag, Link`; with a specific
+`ALLOWED_ORIGIN`, every response also says `Vary: Origin`. An `OPTIONS` preflight on any
 route answers `204`.
+
+**Connections.** A request that is not valid HTTP (request line, headers, a line or header
+over 8190 bytes) is answered `400` with `{"error": ...}` on any path, and the connection
+closed. A connection whose request line and headers are not complete within
+`HTTP_HEADER_TIMEOUT_SECONDS` of its opening (or of the request's first byte), or that stays
+idle `HTTP_KEEPALIVE_TIMEOUT_SECONDS` after a response, is closed without an answer; a body
+not complete within `HTTP_BODY_TIMEOUT_SECONDS` gets `408`. Beyond `HTTP_MAX_CONNECTIONS`
+open connections, a new one is closed as soon as it is accepted.
 """
 
 OPENAPI: Final[dict[str, Any]] = {

@@ -7,9 +7,11 @@
   the precision of an HTTP ``Last-Modified``. ``url`` is relative: ``/records/{name}``.
 - ``GET /records/{name}`` (and ``HEAD``) serves one recording with :class:`web.FileResponse`:
   ``Range`` (206; 416 with ``Content-Range: bytes */SIZE`` and an empty body),
-  ``If-Modified-Since`` / ``ETag`` (304) and ``HEAD`` come from it. The content type follows
-  the extension (``.ivf``, ``.ogg``, ``.mkv``), the file is offered ``inline`` under its own
-  name, and ``Cache-Control: private`` keeps shared caches from handing it to non-admins.
+  ``If-Modified-Since`` / ``ETag`` (304) and ``HEAD`` come from it; ``If-Range`` is checked
+  here (:func:`if_range_holds`: a stale validator gets the whole file, 200). The content
+  type follows the extension (``.ivf``, ``.ogg``, ``.mkv``), the file is offered ``inline``
+  under its own name, and ``Cache-Control: private`` keeps shared caches from handing it to
+  non-admins.
 
 Both routes are admin-only (``ADMIN_TOKEN``, or nothing configured at all). Contract section
 7 puts ``/records/`` behind auth like the list: a recording is a copy of a room's media, so
@@ -19,18 +21,23 @@ room's own token for that room's recordings.) With ``RECORD_ENABLED`` off, both 
 already says publicly whether recording is on.
 
 A name reaches the disk only through :meth:`RecordingStore.find` (a name of the recording
-pattern, a regular file directly in the directory, not a symlink); user input is never
-joined into a path here. So the journal (``RECORD_DIR/.golive/...``), dotfiles,
-subdirectories and any other name are neither listed nor served. ``Accept-Encoding`` is
-withheld from :class:`web.FileResponse`, which would otherwise serve a ``NAME.gz`` or
-``NAME.br`` lying beside the recording in its place: only the recording itself is served.
+pattern, a regular file directly in the directory, not a symlink, with no other hard link);
+user input is never joined into a path here. So the journal (``RECORD_DIR/.golive/...``),
+dotfiles, subdirectories, links and any other name are neither listed nor served.
+``Accept-Encoding`` is withheld from :class:`web.FileResponse`, which would otherwise serve a
+``NAME.gz`` or ``NAME.br`` lying beside the recording in its place: only the recording itself
+is served.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import math
+import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Final
 
 from aiohttp import hdrs, web
@@ -97,16 +104,57 @@ def _list(config: Config, store: RecordingStore) -> Handler:
 
 
 class RecordingResponse(web.FileResponse):
-    """A :class:`web.FileResponse` that never swaps in a precompressed ``.gz``/``.br`` sibling."""
+    """A :class:`web.FileResponse` that never swaps in a precompressed ``.gz``/``.br`` sibling
+    and evaluates ``If-Range`` as RFC 9110 section 13.1.5 says."""
+
+    def __init__(self, path: Path, headers: Mapping[str, str]) -> None:
+        super().__init__(path, headers=headers)
+        self.recording = path
 
     async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
+        dropped = {hdrs.ACCEPT_ENCODING.lower(), hdrs.IF_RANGE.lower()}
+        if_range = request.headers.get(hdrs.IF_RANGE)
+        if if_range is not None and not await asyncio.to_thread(
+            if_range_holds, self.recording, if_range
+        ):
+            dropped.add(hdrs.RANGE.lower())  # a stale validator: the whole file, 200
         # (Headers aiohttp cannot re-encode for the clone are left out: none matters here.)
         headers = CIMultiDict(
             (name, value)
             for name, value in request.headers.items()
-            if name.lower() != hdrs.ACCEPT_ENCODING.lower() and _encodable(name, value)
+            if name.lower() not in dropped and _encodable(name, value)
         )
         return await super().prepare(request.clone(headers=headers))
+
+
+def if_range_holds(path: Path, if_range: str, now: float | None = None) -> bool:
+    """Whether ``If-Range`` names the file as it is now (else its ``Range`` is ignored).
+
+    An entity tag must match the file's strongly (a weak one never does); a date must be
+    exactly the file's ``Last-Modified``, and only counts once the file is at least a second
+    older than now (a date is a strong validator only then, RFC 9110 section 8.8.2.2: a
+    recording still being written changes within its second). The file's validators are
+    computed as :class:`web.FileResponse` sends them (``tests/test_records_http.py`` checks
+    they agree).
+    """
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    value = if_range.strip()
+    if value.startswith('"'):
+        return value == f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
+    if value.startswith("W/"):
+        return False
+    try:
+        date = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return False
+    if date.tzinfo is None:  # "-0000" parses as naive: it is still UTC
+        date = date.replace(tzinfo=UTC)
+    modified = math.ceil(st.st_mtime)  # FileResponse's Last-Modified rounds up
+    current = time.time() if now is None else now
+    return date.timestamp() == modified and st.st_mtime <= current - 1
 
 
 def _encodable(name: str, value: str) -> bool:

@@ -23,6 +23,7 @@ from golive.http.auth import NotOwnerError, forbidden, owns, room_principal, una
 from golive.http.errors import Handler, json_error
 from golive.http.keys import LIMITS, MEDIA, METRICS, ROOMS
 from golive.http.limits import Busy
+from golive.http.turn import turn_credentials
 from golive.media.limits import LimitExceededError
 from golive.media.peers import Answered, IceRestartError, InvalidOfferError, PeerSession
 
@@ -48,20 +49,29 @@ def refusal_response(refusal: Refusal) -> web.Response:
     return json_error(status, message, headers)
 
 
-def ice_server_links(config: Config) -> list[str]:
-    """One ``Link: <uri>; rel="ice-server"`` value per STUN/TURN URL (RFC 9725 section 4.6)."""
+def ice_server_links(config: Config, room: str | None) -> list[str]:
+    """One ``Link: <uri>; rel="ice-server"`` value per STUN/TURN URL (RFC 9725 section 4.6).
+
+    ``room`` is the room the request's credential admits, or None: then STUN only, since
+    TURN URLs are of no use without credentials and credentials go to no one else.
+    """
     links = [f'<{url}>; rel="ice-server"' for url in config.stun_urls]
+    if room is None:
+        return links
+    credentials = turn_credentials(config, room)
     for url in config.turn_urls:
         link = f'<{url}>; rel="ice-server"'
-        if config.turn_username:
-            link += f'; username="{config.turn_username}"; credential="{config.turn_password}"'
+        if credentials is not None:
+            link += f'; username="{credentials.username}"; credential="{credentials.credential}"'
             link += '; credential-type="password"'
         links.append(link)
     return links
 
 
-def _with_links(response: web.StreamResponse, config: Config) -> web.StreamResponse:
-    for link in ice_server_links(config):
+def _with_links(
+    response: web.StreamResponse, config: Config, room: str | None
+) -> web.StreamResponse:
+    for link in ice_server_links(config, room):
         response.headers.add("Link", link)
     return response
 
@@ -80,9 +90,12 @@ def add_routes(app: web.Application, config: Config) -> None:
 
 def _options_endpoint(config: Config) -> Handler:
     async def options(request: web.Request) -> web.StreamResponse:
+        """204 whoever asks; TURN links only when the credential admits the room."""
         response = web.Response(status=204, headers={"Accept-Post": SDP})
         if "Access-Control-Request-Method" not in request.headers:  # not a CORS preflight
-            _with_links(response, config)
+            room = parse_room_name(request.match_info["room"])
+            admitted = room is not None and room_principal(config, request, room) is not None
+            _with_links(response, config, room if admitted else None)
         return response
 
     return options
@@ -136,7 +149,7 @@ def _post(role: Role, base: str, config: Config) -> Handler:
                 "ETag": peer.etag,
             },
         )
-        _with_links(response, config)
+        _with_links(response, config, room)  # the credential admitted the room
         return response
 
     return post

@@ -96,6 +96,37 @@ async def test_only_the_owner_or_an_admin_may_touch_a_session(secured: ServerThr
     assert (await request("GET", url, bearer(ADMIN)))[0] == 404
 
 
+@pytest.mark.parametrize("claim", [None, 7, ["lobby"], {"name": "lobby"}, True])
+async def test_a_room_claim_that_is_not_a_string_admits_no_room(
+    secured: ServerThread, claim: object
+) -> None:
+    """``"room": null`` admitted every room (issue 12, finding 7): with the owner's ``sub``,
+    it even took over the owner's session. Only an absent ``room`` claim means every room."""
+    owner = jwt.encode({"sub": "alice", "room": "lobby"}, SECRET, algorithm="HS256")
+    location = await publish(secured, "lobby", bearer(owner))
+    url = secured.url + location
+    forged = jwt.encode({"sub": "alice", "room": claim}, SECRET, algorithm="HS256")
+    sdp = {"Content-Type": "application/sdp", **bearer(forged)}
+    for room in ("lobby", "elsewhere"):
+        status, _, body = await request("POST", f"{secured.url}/api/whip/publish/{room}", sdp)
+        assert status == 401, (room, body)
+        status, _, body = await request("POST", f"{secured.url}/api/whep/play/{room}", sdp)
+        assert status == 401, (room, body)
+    for method, headers in (("GET", {}), ("PATCH", TRICKLE), ("DELETE", {})):
+        status, _, body = await request(method, url, {**headers, **bearer(forged)}, FRAGMENT)
+        assert status == 401, (method, body)
+    # No room claim at all: every room (here: past auth, to the SDP check).
+    anywhere = jwt.encode({"sub": "bob"}, SECRET, algorithm="HS256")
+    status, _, body = await request(
+        "POST",
+        f"{secured.url}/api/whip/publish/elsewhere",
+        {"Content-Type": "application/sdp", **bearer(anywhere)},
+        "v=0 not sdp",
+    )
+    assert (status, json.loads(body)) == (400, {"error": "invalid SDP"})
+    assert (await request("DELETE", url, bearer(owner)))[0] == 200
+
+
 async def test_a_room_token_owns_what_it_created(secured: ServerThread) -> None:
     location = await publish(secured, "lobby", bearer(LOBBY))
     url = secured.url + location
