@@ -70,6 +70,7 @@ from aiohttp.web_request import BaseRequest
 
 from golive.config import Config
 from golive.http.errors import BodyTimeoutError, Handler
+from golive.logs import Throttle
 from golive.metrics import Metrics
 
 __all__ = [
@@ -376,8 +377,7 @@ class Listener:
         self._closed = False
         self._retry: asyncio.TimerHandle | None = None
         self._backoff = 0.0
-        self._unreported = 0
-        self._last_line: float | None = None
+        self._throttle = Throttle(ACCEPT_FAILURE_LOG_INTERVAL)
         self._handshakes: set[asyncio.Task[None]] = set()
 
     @property
@@ -443,19 +443,15 @@ class Listener:
     def _out_of_resources(self, exc: OSError) -> None:
         """Pause accepting (the backlog waits in the kernel) and retry with a backoff."""
         self.connections.metrics.http_accept_failures.inc()
-        self._unreported += 1
-        now = self._loop.time()
-        if self._last_line is None or now - self._last_line >= ACCEPT_FAILURE_LOG_INTERVAL:
+        held = self._throttle.allow()
+        if held is not None:
             number = exc.errno or 0
             log.error(
                 ACCEPT_FAILURE_EVENT,
                 error=errno.errorcode.get(number, "unknown"),
                 reason=os.strerror(number),
-                failures=self._unreported,
-                since_seconds=None if self._last_line is None else round(now - self._last_line),
+                failures=held + 1,  # since the previous line, this one included
             )
-            self._unreported = 0
-            self._last_line = now
         for sock in self.sockets:
             self._loop.remove_reader(sock.fileno())
         if self._retry is not None:
