@@ -493,6 +493,7 @@ def payloads() -> st.SearchStrategy[bytes]:
         vp8_payloads(),
         st.binary(max_size=200),
         st.binary(min_size=900, max_size=1200),
+        st.binary(min_size=1400, max_size=2000),  # past a 1500-byte MTU (and SRTP's buffer)
     )
 
 
@@ -780,13 +781,13 @@ def dtls_packets() -> st.SearchStrategy[Dtls]:
 
 
 @st.composite
-def classed_bytes(draw: st.DrawFn) -> bytes:
+def classed_bytes(draw: st.DrawFn, min_size: int = 0, max_size: int = 80) -> bytes:
     """Garbage whose first byte puts it in one of RFC 7983's demultiplexing ranges."""
     first = draw(
         st.sampled_from([0, 1, 3, 20, 22, 23, 63, 64, 79, 127, 128, 191, 192, 255])
         | st.integers(0, 255)
     )
-    return bytes([first]) + draw(st.binary(max_size=80))
+    return bytes([first]) + draw(st.binary(min_size=min_size, max_size=max_size))
 
 
 def raw_datagrams() -> st.SearchStrategy[bytes]:
@@ -796,6 +797,7 @@ def raw_datagrams() -> st.SearchStrategy[bytes]:
         st.binary(min_size=2, max_size=20),
         classed_bytes(),
         st.binary(max_size=1500),
+        classed_bytes(1490, 2100),  # around and past SRTP's 1500-byte buffer
     )
 
 
