@@ -406,10 +406,6 @@ class Example:
     target: Target = Target.EVERY  # OFF_PATH only
     source: int = 0  # OFF_PATH only: which off-path socket (127.0.0.1, 127.0.0.2)
 
-    @property
-    def kind(self) -> str:
-        return type(self.packet).__name__ if not isinstance(self.packet, bytes) else "raw"
-
     def describe(self, rendered: bytes | None = None) -> str:
         where = self.route.name.lower()
         if self.route is Route.OFF_PATH:
