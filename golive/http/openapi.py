@@ -21,6 +21,14 @@ from typing import Any, Final
 from aiohttp import web
 
 from golive import __version__
+from golive.media.limits import (
+    MAX_CANDIDATES_PER_SESSION,
+    MAX_CODEC_LINES_PER_SECTION,
+    MAX_FORMATS_PER_SECTION,
+    MAX_MEDIA_SECTIONS,
+    MAX_OFFER_LINES,
+    MAX_SSRC_LINES,
+)
 
 __all__ = ["OPENAPI", "PATH", "add_routes"]
 
@@ -79,7 +87,14 @@ def _whip_whep(kind: str, base: str, tag: str) -> dict[str, Any]:
         "400": _error('`{"error": "invalid room name"}` or `{"error": "invalid SDP"}`.'),
         "401": _ref("responses", "Unauthorized"),
         "408": _ref("responses", "RequestTimeout"),
-        "413": _ref("responses", "PayloadTooLarge"),
+        "413": _error(
+            "The body is over 1 MiB, or the offer exceeds a cap (`golive.media.limits`): "
+            f"more than {MAX_OFFER_LINES} lines, {MAX_MEDIA_SECTIONS} m-lines, "
+            f"{MAX_FORMATS_PER_SECTION} payload types on an m-line, "
+            f"{MAX_CODEC_LINES_PER_SECTION} rtpmap/fmtp/rtcp-fb lines in a media section, "
+            f"{MAX_SSRC_LINES} ssrc lines or {MAX_CANDIDATES_PER_SESSION} candidates: "
+            '`{"error": "offer too large: <the cap exceeded>"}`; nothing is left behind.'
+        ),
         "415": _ref("responses", "UnsupportedMediaType"),
         "429": _ref("responses", "TooManyRequests"),
         "503": _ref("responses", "ServiceUnavailable"),
@@ -159,7 +174,11 @@ def _whip_whep(kind: str, base: str, tag: str) -> dict[str, Any]:
                     "404": _ref("responses", "SessionNotFound"),
                     "408": _ref("responses", "RequestTimeout"),
                     "412": _error("`If-Match` does not match the session's `ETag`."),
-                    "413": _ref("responses", "PayloadTooLarge"),
+                    "413": _error(
+                        "The body is over 1 MiB, or its candidates would take the session "
+                        f"past {MAX_CANDIDATES_PER_SESSION} (offer and trickle together): "
+                        '`{"error": "too many candidates: ..."}`; none of them is added.'
+                    ),
                     "415": _ref("responses", "UnsupportedMediaType"),
                     "422": _error('An ICE restart: `{"error": "ICE restarts are not supported"}`.'),
                     "428": _error('`{"error": "If-Match is required"}`.'),

@@ -271,11 +271,13 @@ def _usable_stun(data: bytes) -> bool:
         message = aioice.stun.parse_message(data)
     except Exception:  # noqa: BLE001  aioice raises ValueError, struct.error, IndexError...
         return False
-    # A check without PRIORITY (mandatory, RFC 8445 7.1.1): aioice answers it, then its
-    # check_incoming raises KeyError (an ERROR with a traceback, for each one).
+    # An authenticated check without PRIORITY (mandatory, RFC 8445 7.1.1): aioice answers
+    # it, then its check_incoming raises KeyError (an ERROR with a traceback, for each one).
+    # (Unauthenticated requests get aioice's 400 or 401 before that.)
     return not (
         message.message_class == aioice.stun.Class.REQUEST
         and message.message_method == aioice.stun.Method.BINDING
+        and "MESSAGE-INTEGRITY" in message.attributes
         and "PRIORITY" not in message.attributes
     )
 
