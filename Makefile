@@ -42,6 +42,7 @@ bench: $(STAMP) system-packages
 	$(BIN)/python -m bench.actors
 	$(BIN)/python -m bench.recording
 	$(BIN)/python -m bench.tracing
+	$(NETNS) $(BIN)/python -m bench.hostile
 	$(NETNS) $(BIN)/python -m bench.forwarding
 
 clean:

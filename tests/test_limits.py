@@ -20,6 +20,7 @@ from golive.media.limits import (
     RTX_BUDGET_SECONDS,
     RTX_BUDGET_SHARE,
     RTX_RESEND_INTERVAL,
+    ByteBudget,
     LimitExceededError,
     check_offer,
 )
@@ -84,25 +85,22 @@ def test_a_jump_ahead_marks_at_most_the_history() -> None:
 def test_a_budget_is_a_share_of_the_stream_saved_for_at_most_a_second() -> None:
     budget = RetransmissionBudget(now=0.0)
     rate = 1_000_000.0  # bytes a second coming in
-    budget.refill(10.0, rate)  # ten quiet seconds: only one second's worth is saved
     allowance = RTX_BUDGET_SHARE * rate * RTX_BUDGET_SECONDS
     size = 1000
     sent = 0
-    seq = 0
-    while budget.take(seq, size, 10.0):
+    # Ten quiet seconds: only one second's worth is saved.
+    while budget.take(sent, size, rate, 10.0):
         sent += 1
-        seq += 1
     assert sent == int(allowance // size)
     # A slow stream still gets the floor.
     slow = RetransmissionBudget(now=0.0)
-    slow.refill(5.0, 10.0)
-    assert slow.take(0, int(RTX_BUDGET_MIN_RATE * RTX_BUDGET_SECONDS), 5.0)
-    assert not slow.take(1, 1, 5.0)
+    assert slow.take(0, int(RTX_BUDGET_MIN_RATE * RTX_BUDGET_SECONDS), 10.0, 5.0)
+    assert not slow.take(1, 1, 10.0, 5.0)
 
 
 def test_a_packet_is_resent_once_per_interval() -> None:
     budget = RetransmissionBudget(now=0.0)
-    assert budget.take(7, 100, 1.0)
+    assert budget.take(7, 100, 0.0, 1.0)
     assert budget.resent_lately(7, 1.0 + RTX_RESEND_INTERVAL / 2)
     assert not budget.resent_lately(7, 1.0 + RTX_RESEND_INTERVAL)
     assert not budget.resent_lately(8, 1.0)
@@ -110,10 +108,19 @@ def test_a_packet_is_resent_once_per_interval() -> None:
 
 def test_the_resend_times_kept_stay_bounded() -> None:
     budget = RetransmissionBudget(now=0.0)
-    budget.refill(1.0, 1e9)
     for seq in range(10 * MAX_NACK_SEQUENCES):
-        assert budget.take(seq, 1, 1.0 + seq * RTX_RESEND_INTERVAL)
+        assert budget.take(seq, 1, 1e9, 1.0 + seq * RTX_RESEND_INTERVAL)
     assert len(budget._resent) <= 2 * MAX_NACK_SEQUENCES
+
+
+def test_a_byte_budget_refills_at_its_rate_up_to_its_depth() -> None:
+    budget = ByteBudget(100.0, 2.0, now=0.0)
+    assert budget.take(200, 100.0, 0.0)  # full at first: two seconds' worth
+    assert not budget.take(1, 100.0, 0.0)
+    assert budget.take(50, 100.0, 0.5)
+    assert not budget.take(1, 100.0, 0.5)
+    assert budget.take(200, 100.0, 100.0)  # saved up: no more than its depth
+    assert not budget.take(1, 100.0, 100.0)
 
 
 def test_the_throttle_lets_one_through_per_interval_and_counts_the_rest() -> None:

@@ -44,6 +44,7 @@ from golive.media.limits import (
     RTX_BUDGET_SECONDS,
     RTX_BUDGET_SHARE,
     RTX_RESEND_INTERVAL,
+    ByteBudget,
 )
 from golive.media.rtp import RTP_HEADER, Rewriter, keyframe_start
 from golive.metrics import Metrics
@@ -54,33 +55,27 @@ KEYFRAME_REQUEST_INTERVAL = 1.0  # at most one keyframe request per track per se
 
 
 class RetransmissionBudget:
-    """What one viewer may have resent of one track: a token bucket of bytes refilled at
+    """What one viewer may have resent of one track: a :class:`ByteBudget` refilled at
     :data:`RTX_BUDGET_SHARE` of the track's incoming rate (at least
     :data:`RTX_BUDGET_MIN_RATE`), holding at most :data:`RTX_BUDGET_SECONDS` of it; and
     when each packet was last resent, so that none is resent twice within
     :data:`RTX_RESEND_INTERVAL`."""
 
-    __slots__ = ("_resent", "_tokens", "_updated")
+    __slots__ = ("_bytes", "_resent")
 
     def __init__(self, now: float) -> None:
-        self._tokens = RTX_BUDGET_MIN_RATE * RTX_BUDGET_SECONDS
-        self._updated = now
+        self._bytes = ByteBudget(RTX_BUDGET_MIN_RATE, RTX_BUDGET_SECONDS, now)
         self._resent: dict[int, float] = {}  # publisher sequence number -> when
-
-    def refill(self, now: float, incoming_rate: float) -> None:
-        rate = max(RTX_BUDGET_MIN_RATE, RTX_BUDGET_SHARE * incoming_rate)
-        self._tokens = min(rate * RTX_BUDGET_SECONDS, self._tokens + rate * (now - self._updated))
-        self._updated = now
 
     def resent_lately(self, seq: int, now: float) -> bool:
         last = self._resent.get(seq)
         return last is not None and now - last < RTX_RESEND_INTERVAL
 
-    def take(self, seq: int, size: int, now: float) -> bool:
+    def take(self, seq: int, size: int, incoming_rate: float, now: float) -> bool:
         """Spend ``size`` bytes on resending ``seq`` if the budget allows."""
-        if size > self._tokens:
+        rate = max(RTX_BUDGET_MIN_RATE, RTX_BUDGET_SHARE * incoming_rate)
+        if not self._bytes.take(size, rate, now):
             return False
-        self._tokens -= size
         if len(self._resent) >= 2 * MAX_NACK_SEQUENCES:  # keep only what still matters
             self._resent = {s: t for s, t in self._resent.items() if now - t < RTX_RESEND_INTERVAL}
         self._resent[seq] = now
@@ -261,7 +256,7 @@ class TrackTap:
             del wanted[MAX_NACK_SEQUENCES:]
         now = self._loop.time()
         budget = output.budget
-        budget.refill(now, self._measured_rate(now))
+        rate = self._measured_rate(now)
         resent = 0
         for viewer_seq in wanted:
             seq = output.rewriter.publisher_seq(viewer_seq)
@@ -270,7 +265,7 @@ class TrackTap:
                 refused["not_cached"] += 1
             elif budget.resent_lately(seq, now):
                 refused["recent"] += 1
-            elif not budget.take(seq, len(data), now):
+            elif not budget.take(seq, len(data), rate, now):
                 refused["budget"] += 1
             elif output.sender.send_rtx(output.rewriter.rewrite(data)) is Delivery.SENT:
                 resent += 1

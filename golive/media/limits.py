@@ -47,6 +47,34 @@ RTX_BUDGET_MIN_RATE: Final = 16_000
 #: A packet is resent to the same viewer at most once in this many seconds.
 RTX_RESEND_INTERVAL: Final = 0.1
 
+#: RTCP bytes a session's peer may send a second, and save up (a second's worth). Real peers
+#: send a few hundred (reports once a second, NACKs and PLIs as needed); handling a NACK costs
+#: about 0.5 ms per kB (aiortc's parser expands each 4-byte entry into 17 numbers), so a flood
+#: of RTCP from one peer costs the loop at most about 10 ms a second.
+RTCP_BYTES_PER_SECOND: Final = 20_000
+
+
+class ByteBudget:
+    """A token bucket of bytes: refilled at ``rate`` bytes a second (the caller's, each time:
+    it may follow a stream's measured rate), holding at most ``seconds`` of it, full at
+    first."""
+
+    __slots__ = ("_seconds", "_tokens", "_updated")
+
+    def __init__(self, rate: float, seconds: float, now: float) -> None:
+        self._seconds = seconds
+        self._tokens = rate * seconds
+        self._updated = now
+
+    def take(self, size: int, rate: float, now: float) -> bool:
+        """Spend ``size`` bytes if the budget holds them."""
+        self._tokens = min(rate * self._seconds, self._tokens + rate * (now - self._updated))
+        self._updated = now
+        if size > self._tokens:
+            return False
+        self._tokens -= size
+        return True
+
 
 class LimitExceededError(ValueError):
     """An offer or a trickle fragment asks for more than a cap allows: 413 with the reason."""
