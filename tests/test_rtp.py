@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import struct
 
+import pylibsrtp
 from hypothesis import given
 from hypothesis import strategies as st
 
 from golive.media.rtp import (
+    SEQ_CONTINUITY,
     Rewriter,
     av1_keyframe_start,
     h264_keyframe_start,
@@ -108,3 +110,77 @@ def test_rewrite_gives_one_continuous_stream(
         expected_seq, expected_ts = (expected_seq + 1) & 0xFFFF, (expected_ts + step) & 0xFFFFFFFF
         assert struct.unpack("!HI", out[2:8]) == (expected_seq, expected_ts)
         assert rewriter.publisher_seq(expected_seq) == seq
+
+
+def viewer_srtp() -> pylibsrtp.Session:
+    """The server's outbound SRTP towards a viewer, set up as aiortc sets it up."""
+    policy = pylibsrtp.Policy(key=bytes(range(30)), ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+    policy.allow_repeat_tx = True
+    policy.window_size = 1024
+    return pylibsrtp.Session(policy)
+
+
+def numbers(packet: bytes) -> tuple[int, int]:
+    seq, ts = struct.unpack_from("!HI", packet, 2)
+    return seq, ts
+
+
+def test_a_discontinuity_goes_on_from_the_viewers_newest_packet() -> None:
+    """A stray packet of another SSRC far ahead of the stream, then the stream again: the
+    viewer's numbering goes on one by one, and a NACK maps back only within the mapping
+    that numbered the packet. (Unmapped, the stray packet pushed the viewer's numbering 5000
+    ahead and the server's SRTP refused every packet after it, for every viewer.)"""
+    rewriter = Rewriter(
+        ssrc=0xCAFE, payload_type=111, first_seq=100, first_ts=1000, clock_rate=48000
+    )
+    rewriter.start(rtp(7000, 50_000, b"a", ssrc=0xA), now=10.0)
+    assert numbers(rewriter.rewrite(rtp(7000, 50_000, b"a", ssrc=0xA), now=10.0)) == (100, 1000)
+    assert numbers(rewriter.rewrite(rtp(7001, 50_960, b"a", ssrc=0xA), now=10.02)) == (101, 1960)
+    # Another SSRC, far ahead: right after the newest, its clock 0.5 s on.
+    stray = rewriter.rewrite(rtp(12_001, 4_000_000, b"b", ssrc=0xB), now=10.52)
+    assert numbers(stray) == (102, 1960 + 24_000)
+    assert rewriter.publisher_seq(101) is None  # numbered by the mapping before
+    assert rewriter.publisher_seq(102) == 12_001
+    # The stream again: a discontinuity too.
+    assert numbers(rewriter.rewrite(rtp(7002, 51_920, b"a", ssrc=0xA), now=10.54))[0] == 103
+    assert numbers(rewriter.rewrite(rtp(7003, 52_880, b"a", ssrc=0xA), now=10.56))[0] == 104
+    assert rewriter.follows(rtp(7003, 0, b"", ssrc=0xA))
+    assert not rewriter.follows(rtp(7003, 0, b"", ssrc=0xB))
+    # Late (reordered) and lost packets keep their spacing; a jump back does not.
+    assert numbers(rewriter.rewrite(rtp(7010, 59_600, b"a", ssrc=0xA), now=10.7))[0] == 111
+    assert numbers(rewriter.rewrite(rtp(7005, 54_800, b"a", ssrc=0xA), now=10.7))[0] == 106
+    assert rewriter.publisher_seq(106) == 7005
+    assert numbers(rewriter.rewrite(rtp(1000, 59_600, b"a", ssrc=0xA), now=10.72))[0] == 112
+    assert rewriter.publisher_seq(111) is None
+
+
+@given(
+    first_seq=st.integers(0, 0xFFFF),
+    start_seq=st.integers(0, 0xFFFF),
+    packets=st.lists(
+        st.tuples(
+            st.sampled_from([0xA, 0xA, 0xA, 0xB]),
+            st.one_of(st.integers(-600, 600), st.integers(-0x8000, 0x8000)),
+        ),
+        max_size=60,
+    ),
+)
+def test_no_publisher_packet_makes_srtp_refuse_the_next(
+    first_seq: int, start_seq: int, packets: list[tuple[int, int]]
+) -> None:
+    """Whatever the publisher sends on a track (any SSRC, any sequence number, late, early),
+    the server's SRTP towards the viewer (aiortc's settings) protects every packet, and the
+    viewer's numbering never moves more than :data:`SEQ_CONTINUITY` at once."""
+    srtp = viewer_srtp()
+    rewriter = Rewriter(ssrc=0xCAFE, payload_type=101, first_seq=first_seq, first_ts=0)
+    rewriter.start(rtp(start_seq, 0, b"", ssrc=0xA))
+    newest, stream = first_seq, start_seq
+    for ssrc, step in packets:
+        if ssrc == 0xA:
+            stream = (stream + step) & 0xFFFF
+        out = rewriter.rewrite(rtp(stream if ssrc == 0xA else step & 0xFFFF, 0, b"x", ssrc=ssrc))
+        srtp.protect(out)  # raises pylibsrtp.Error if the index is too old
+        ahead = (numbers(out)[0] - newest) & 0xFFFF
+        assert ahead <= SEQ_CONTINUITY or ahead >= 0x10000 - SEQ_CONTINUITY
+        if 0 < ahead < 0x8000:
+            newest = numbers(out)[0]

@@ -153,6 +153,7 @@ class TrackTap:
             payload_type=sender.codec.payloadType,
             first_seq=random.randrange(0, 0x8000),  # noqa: S311  RTP needs unpredictable, not secret
             first_ts=random.randrange(0, 0x80000000),  # noqa: S311
+            clock_rate=sender.codec.clockRate,
         )
         self._outputs[session] = Output(
             sender, rewriter, created, first_keyframe, RetransmissionBudget(self._loop.time())
@@ -177,6 +178,7 @@ class TrackTap:
             self._cache.popitem(last=False)
         starts_keyframe: bool | None = None
         waiting = sent = sent_bytes = dropped = 0
+        now = self._loop.time()
         for record, phase in self._registry.targets(self.key):
             output = self._outputs.get(record.session)
             if output is None:
@@ -188,10 +190,10 @@ class TrackTap:
                 if not starts_keyframe:
                     waiting += 1
                     continue
-                rewriter.start(data)
+                rewriter.start(data, now)
             if not output.told_fanout and phase is RoutePhase.WAITING_KEYFRAME:
                 self._started_on_keyframe(output, record.session)
-            out = rewriter.rewrite(data)
+            out = rewriter.rewrite(data, now)
             delivery = output.sender.send_rtp(out)
             if delivery is Delivery.SENT:
                 sent += 1
@@ -224,7 +226,7 @@ class TrackTap:
         on, so players keep audio and video in sync."""
         info = report.sender_info
         for output in self._outputs.values():
-            if output.rewriter.started:
+            if output.rewriter.started and output.rewriter.source == report.ssrc:
                 rtp = (info.rtp_timestamp + output.rewriter.ts_offset) & 0xFFFFFFFF
                 output.sender.send_sender_report(info.ntp_timestamp, rtp)
 
@@ -260,14 +262,14 @@ class TrackTap:
         resent = 0
         for viewer_seq in wanted:
             seq = output.rewriter.publisher_seq(viewer_seq)
-            data = self._cache.get(seq)
-            if data is None:
+            data = None if seq is None else self._cache.get(seq)
+            if seq is None or data is None or not output.rewriter.follows(data):
                 refused["not_cached"] += 1
             elif budget.resent_lately(seq, now):
                 refused["recent"] += 1
             elif not budget.take(seq, len(data), rate, now):
                 refused["budget"] += 1
-            elif output.sender.send_rtx(output.rewriter.rewrite(data)) is Delivery.SENT:
+            elif output.sender.send_rtx(output.rewriter.renumber(data)) is Delivery.SENT:
                 resent += 1
         if resent:
             self._metrics.retransmitted.inc(resent)
