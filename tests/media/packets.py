@@ -51,6 +51,8 @@ class Ref(enum.Enum):
     EXT_ABS_SEND_TIME = "the negotiated abs-send-time header extension id"
     EXT_AUDIO_LEVEL = "the negotiated ssrc-audio-level header extension id"
     RECENT_SEQ = "the last video sequence number the fuzzing viewer received"
+    PUB_AUDIO_SEQ = "the last audio sequence number the publisher sent"
+    PUB_VIDEO_SEQ = "the last video sequence number the publisher sent"
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,7 @@ class Rtp:
     version: int = 2
     marker: bool = False
     payload_type: Value = Ref.VIDEO_PT
-    sequence: int = 0
+    sequence: Value = 0
     timestamp: int = 0
     ssrc: Value = Ref.PUB_VIDEO_SSRC
     csrcs: tuple[int, ...] = ()
@@ -149,7 +151,7 @@ class Rtp:
             "!BBHII",
             first,
             second,
-            self.sequence & U16,
+            resolve(self.sequence, values, U16),
             self.timestamp & U32,
             resolve(self.ssrc, values),
         )
