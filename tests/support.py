@@ -129,6 +129,12 @@ class ServerThread:
 
     def call(self, function: Callable[[], T], timeout: float = 30.0) -> T:
         """Run a plain function on the server's loop (after everything scheduled before it)."""
+        return self.submit(function).result(timeout)
+
+    def submit(self, function: Callable[[], T]) -> concurrent.futures.Future[T]:
+        """Schedule a plain function on the server's loop (after everything scheduled before
+        it); its result or exception comes in the future (``asyncio.wrap_future`` to await it
+        from another loop without blocking it)."""
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
 
         def run() -> None:
@@ -138,7 +144,7 @@ class ServerThread:
                 future.set_exception(exc)
 
         self._loop.call_soon_threadsafe(run)
-        return future.result(timeout)
+        return future
 
     def get(self, path: str) -> tuple[int, bytes]:
         with urllib.request.urlopen(self.url + path, timeout=10) as response:  # noqa: S310  loopback URL built here

@@ -41,7 +41,6 @@ Runs only in the loopback-only network namespace (``tests/media/conftest.py``).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import gc
 import json
@@ -320,16 +319,7 @@ def watching(server: ServerThread, watch: Watch) -> Iterator[None]:
 async def on_server(server: ServerThread, function: Callable[[], T]) -> T:
     """Run ``function`` on the server's loop (after everything scheduled before it) without
     blocking this loop."""
-    future: concurrent.futures.Future[T] = concurrent.futures.Future()
-
-    def run() -> None:
-        try:
-            future.set_result(function())
-        except Exception as exc:  # noqa: BLE001  handed to the waiting test
-            future.set_exception(exc)
-
-    server._loop.call_soon_threadsafe(run)
-    return await asyncio.wait_for(asyncio.wrap_future(future), SETTLE)
+    return await asyncio.wait_for(asyncio.wrap_future(server.submit(function)), SETTLE)
 
 
 async def until(condition: Callable[[], bool], seconds: float = SETTLE) -> bool:
