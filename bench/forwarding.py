@@ -249,6 +249,8 @@ async def main() -> None:
         "ICE_HOST_ADDRESSES": "127.0.0.1",
         "STUN_URLS": ",",
         "LOG_LEVEL": "warning",
+        # N viewers join at once: measure forwarding, not the admission cap on negotiations
+        "MAX_PENDING_NEGOTIATIONS": "0",
     }
     server = await asyncio.create_subprocess_exec(sys.executable, "-m", "golive", env=env)
     try:

@@ -28,11 +28,11 @@ from golive.media.limits import (
 OFFER = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n"
 
 
-def test_check_offer_counts_candidates_and_names_the_cap_it_refuses() -> None:
+def test_check_offer_names_the_cap_it_refuses() -> None:
     candidates = "".join(
         f"a=candidate:{n} 1 udp 1 127.0.0.1 {1000 + n} typ host\r\n" for n in range(3)
     )
-    assert check_offer(OFFER + candidates) == 3
+    check_offer(OFFER + candidates)  # within every cap: no error
     too_many = "a=candidate:1 1 udp 1 127.0.0.1 1 typ host\r\n" * (MAX_CANDIDATES_PER_SESSION + 1)
     with pytest.raises(LimitExceededError, match="ICE candidates"):
         check_offer(OFFER + too_many)

@@ -203,10 +203,13 @@ class MediaGuard:
     One per :class:`~golive.media.peers.MediaHub`; every golive peer connection and its ICE
     connections carry it (``golive_guard``), which is what marks them as golive's."""
 
-    def __init__(self, metrics: Metrics | None = None, *, loopback: bool = False) -> None:
+    def __init__(self, metrics: Metrics | None = None, *, loopback: bool = True) -> None:
         self._metrics = metrics
         self._throttle = Throttle(_FAILURE_LOG_INTERVAL)
-        self.loopback = loopback  # the server gathers on loopback: remote loopback is fine
+        # Remote loopback candidates may be checked: this side gathers on loopback too. The
+        # server says whether it does (MediaHub); a peer connection made without a hub (a
+        # test's or a benchmark's client on this machine) is not kept from loopback.
+        self.loopback = loopback
 
     def reachable(self, candidate: RTCIceCandidate) -> bool:
         """Whether the server may send connectivity checks to a remote candidate: never to a

@@ -89,9 +89,9 @@ _CODEC_ATTRIBUTES: Final = ("a=rtpmap:", "a=fmtp:", "a=rtcp-fb:")
 _SSRC_ATTRIBUTES: Final = ("a=ssrc:", "a=ssrc-group:")
 
 
-def check_offer(sdp: str) -> int:
-    """Refuse an offer beyond any cap (:class:`LimitExceededError`, naming the cap); else the
-    number of ICE candidates it carries. One pass over the lines, nothing else."""
+def check_offer(sdp: str) -> None:
+    """Refuse an offer beyond any cap (:class:`LimitExceededError`, naming the cap). One pass
+    over the lines, nothing else."""
     lines = sdp.splitlines()
     if len(lines) > MAX_OFFER_LINES:
         raise LimitExceededError(f"the offer has more than {MAX_OFFER_LINES} lines")
@@ -123,7 +123,6 @@ def check_offer(sdp: str) -> int:
             candidates += 1
             if candidates > MAX_CANDIDATES_PER_SESSION:
                 raise LimitExceededError(too_many_candidates())
-    return candidates
 
 
 def too_many_candidates() -> str:
