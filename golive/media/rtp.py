@@ -197,11 +197,14 @@ class Rewriter:
             self.last_time = now
             if (self.last_seq - self.mapped_from) & 0xFFFF > _MAPPED_SPAN:  # (serial numbers)
                 self.mapped_from = (self.last_seq - _MAPPED_SPAN) & 0xFFFF
-        return self.renumber(packet)
+        return self._renumbered(packet, seq, ts)
 
     def renumber(self, packet: bytes) -> bytes:
         """:meth:`rewrite` by the current mapping, changing nothing (for a resent packet)."""
         seq, ts, _ = _SEQ_TS_SSRC.unpack_from(packet, 2)
+        return self._renumbered(packet, seq, ts)
+
+    def _renumbered(self, packet: bytes, seq: int, ts: int) -> bytes:
         header = bytearray(packet[: RTP_HEADER + 4 * (packet[0] & 0x0F)])
         header[0] &= 0xEF  # no extension
         header[1] = (packet[1] & 0x80) | self.payload_type
