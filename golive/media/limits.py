@@ -15,7 +15,6 @@ OBS and GStreamer send fewer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Final
 
 #: Lines in an SDP offer (Chromium's has about 100 per media section).
@@ -80,11 +79,6 @@ class LimitExceededError(ValueError):
     """An offer or a trickle fragment asks for more than a cap allows: 413 with the reason."""
 
 
-@dataclass(slots=True)
-class _Section:
-    codec_lines: int = 0
-
-
 _CODEC_ATTRIBUTES: Final = ("a=rtpmap:", "a=fmtp:", "a=rtcp-fb:")
 _SSRC_ATTRIBUTES: Final = ("a=ssrc:", "a=ssrc-group:")
 
@@ -95,9 +89,7 @@ def check_offer(sdp: str) -> None:
     lines = sdp.splitlines()
     if len(lines) > MAX_OFFER_LINES:
         raise LimitExceededError(f"the offer has more than {MAX_OFFER_LINES} lines")
-    sections = 0
-    section = _Section()
-    ssrc_lines = candidates = 0
+    sections = codec_lines = ssrc_lines = candidates = 0  # codec lines: of the current section
     for line in lines:
         if line.startswith("m="):
             sections += 1
@@ -107,10 +99,10 @@ def check_offer(sdp: str) -> None:
                 raise LimitExceededError(
                     f"an m-line lists more than {MAX_FORMATS_PER_SECTION} payload types"
                 )
-            section = _Section()
+            codec_lines = 0
         elif line.startswith(_CODEC_ATTRIBUTES):
-            section.codec_lines += 1
-            if section.codec_lines > MAX_CODEC_LINES_PER_SECTION:
+            codec_lines += 1
+            if codec_lines > MAX_CODEC_LINES_PER_SECTION:
                 raise LimitExceededError(
                     f"a media section has more than {MAX_CODEC_LINES_PER_SECTION} "
                     "rtpmap/fmtp/rtcp-fb lines"
