@@ -52,19 +52,28 @@ class SessionRecord:
 Targets = tuple[tuple[SessionRecord, RoutePhase], ...]
 
 
+class RoutedTrack(Protocol):
+    """The loop-side object of a published track (``golive.media.forwarding.PublishedTrack``):
+    what the registry hands the fanout's tables and keyframe requests to."""
+
+    key: TrackKey
+
+    def install(self, table: RoutingTable) -> None: ...
+    def want_keyframe(self) -> None: ...
+
+
 class SessionRegistry:
-    """Live sessions and the latest routing table of every track, owned by the loop."""
+    """Live sessions, and the latest routing table of every track, owned by the loop.
+
+    Each table is also handed to its track's loop-side object (:meth:`add_track`), which
+    keeps the outputs a packet goes to: the packet path reads nothing here.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._sessions: dict[SessionId, SessionRecord] = {}
         self._tables: dict[TrackKey, RoutingTable] = {}
-        # targets() per track, resolved once per (table version, sessions generation): the
-        # packet path asks for every packet, the answer changes only when a table or a
-        # session does.
-        self._generation = 0
-        self._resolved: dict[TrackKey, tuple[int, int, Targets]] = {}
-        self._keyframe_sources: dict[TrackKey, Callable[[], None]] = {}
+        self._tracks: dict[TrackKey, RoutedTrack] = {}
 
     # -- LoopPort: any thread -----------------------------------------------------------------
 
@@ -89,7 +98,6 @@ class SessionRegistry:
         if record.session in self._sessions:
             raise ValueError(f"session {record.session} is registered already")
         self._sessions[record.session] = record
-        self._generation += 1
 
     def get(self, session: SessionId) -> SessionRecord | None:
         return self._sessions.get(session)
@@ -107,32 +115,33 @@ class SessionRegistry:
         return self._tables.get(track)
 
     def targets(self, track: TrackKey) -> Targets:
-        """The live sessions a packet of ``track`` goes to, with their phase."""
+        """The live sessions ``track``'s latest table routes to, with their phase (what the
+        fanout decided, as the loop holds it; for checks and diagnostics)."""
         table = self._tables.get(track)
         if table is None:
             return ()
-        cached = self._resolved.get(track)
-        if cached is not None and cached[0] == table.version and cached[1] == self._generation:
-            return cached[2]
-        found = tuple(
+        return tuple(
             (record, route.phase)
             for route in table.routes
             if (record := self._sessions.get(route.session)) is not None
         )
-        self._resolved[track] = (table.version, self._generation, found)
-        return found
 
-    def add_keyframe_source(self, track: TrackKey, request: Callable[[], None]) -> None:
-        """How to ask ``track``'s publisher for a keyframe (its tap's coalescing request)."""
-        self._keyframe_sources[track] = request
+    def add_track(self, track: RoutedTrack) -> None:
+        """A published track's loop-side object: it gets its tables (the latest at once, if
+        one came first) and keyframe requests from now on."""
+        self._tracks[track.key] = track
+        table = self._tables.get(track.key)
+        if table is not None:
+            track.install(table)
 
-    def remove_keyframe_source(self, track: TrackKey) -> None:
-        self._keyframe_sources.pop(track, None)
+    def remove_track(self, key: TrackKey, track: RoutedTrack) -> None:
+        if self._tracks.get(key) is track:
+            del self._tracks[key]
 
     def _request_keyframe(self, track: TrackKey) -> None:
-        request = self._keyframe_sources.get(track)
-        if request is not None:
-            request()
+        routed = self._tracks.get(track)
+        if routed is not None:
+            routed.want_keyframe()
 
     def _install_routes(self, table: RoutingTable) -> None:
         held = self._tables.get(table.track)
@@ -140,15 +149,16 @@ class SessionRegistry:
             return
         if table.retired:
             self._tables.pop(table.track, None)
-            self._resolved.pop(table.track, None)
         else:
             self._tables[table.track] = table
+        track = self._tracks.get(table.track)
+        if track is not None:
+            track.install(table)
 
     def _close(self, session: SessionId, reason: EndReason) -> None:
         record = self._sessions.pop(session, None)
         if record is None:
             return
-        self._generation += 1
         try:
             record.endpoint.close(reason)
         except Exception:

@@ -140,3 +140,17 @@ def test_datagram_screen_names() -> None:
     )
     run = inspect.getsource(aiortc.rtcdtlstransport.RTCDtlsTransport._RTCDtlsTransport__run)  # type: ignore[attr-defined]
     assert "self._recv_next()" in run, "aiortc's DTLS receive loop no longer calls _recv_next"
+
+
+def test_srtp_names_the_c_fan_out_uses() -> None:
+    """The C fan-out protects with libsrtp inside pylibsrtp: its ``srtp_protect`` (libsrtp 2's
+    signature) and a session's ``srtp_t`` (``Session._srtp``)."""
+    import pylibsrtp  # noqa: PLC0415  only this test needs it directly
+    from pylibsrtp._binding import ffi, lib  # type: ignore[import-not-found]  # noqa: PLC0415
+
+    assert version("pylibsrtp") == "1.0.0", "golive/media/hooks.py was written for pylibsrtp 1.0.0"
+    signature = ffi.getctype(ffi.typeof(ffi.addressof(lib, "srtp_protect")))
+    assert signature == "srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)", signature
+    assert pylibsrtp.SRTP_MAX_TRAILER_LEN <= 144, "the C fan-out reserves 144 bytes of trailer"
+    session = pylibsrtp.Session()
+    assert ffi.typeof(session._srtp) is ffi.typeof("srtp_t *"), "pylibsrtp Session._srtp"

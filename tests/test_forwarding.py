@@ -9,7 +9,7 @@ from aiortc.rtcrtpparameters import RTCRtcpFeedback, RTCRtpCodecParameters
 from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI
 
 from golive.actors.messages import MediaKind, RoomName, SessionId, TrackId, TrackInfo, TrackKey
-from golive.media.forwarding import KEYFRAME_REQUEST_INTERVAL, TrackTap
+from golive.media.forwarding import KEYFRAME_REQUEST_INTERVAL, PublishedTrack
 from golive.media.hooks import ForwardingPeerConnection, ForwardingReceiver
 from golive.metrics import create_metrics
 from golive.sessions import SessionRegistry
@@ -27,7 +27,7 @@ async def test_keyframe_requests_are_coalesced_and_deferred() -> None:
     metrics = create_metrics()
     key = TrackKey(RoomName("r"), SessionId("p"), TrackId("0"))
     info = TrackInfo(TrackId("0"), MediaKind.VIDEO, "video/VP8")
-    tap = TrackTap(
+    tap = PublishedTrack(
         key,
         info,
         VP8,
@@ -63,7 +63,7 @@ async def test_audio_never_asks_for_keyframes() -> None:
     assert isinstance(receiver, ForwardingReceiver)
     info = TrackInfo(TrackId("1"), MediaKind.AUDIO, "audio/opus")
     opus = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, payloadType=111)
-    tap = TrackTap(
+    tap = PublishedTrack(
         TrackKey(RoomName("r"), SessionId("p"), TrackId("1")),
         info,
         opus,

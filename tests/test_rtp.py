@@ -1,4 +1,5 @@
-"""RTP without decoding: keyframe starts per codec, and each viewer's header rewrite."""
+"""RTP without decoding: keyframe starts per codec, and each viewer's header rewrite (the C
+output's numbering)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import pylibsrtp
 from hypothesis import given
 from hypothesis import strategies as st
 
+from golive.media._fanout import Output
 from golive.media.rtp import (
     SEQ_CONTINUITY,
-    Rewriter,
     av1_keyframe_start,
     h264_keyframe_start,
     keyframe_start,
@@ -94,7 +95,7 @@ def test_rewrite_gives_one_continuous_stream(
 ) -> None:
     """Whatever the numbering on both sides, and across wrap-around, the viewer's sequence
     numbers are consecutive, timestamps keep their spacing, and NACKs map back."""
-    rewriter = Rewriter(ssrc=0xCAFE, payload_type=101, first_seq=first_seq, first_ts=first_ts)
+    rewriter = Output(ssrc=0xCAFE, payload_type=101, first_seq=first_seq, first_ts=first_ts)
     seq, ts = start_seq, start_ts
     packet = rtp(seq, ts, b"first", pt=96, marker=True, extension=b"\x10\xff\x00\x00")
     rewriter.start(packet)
@@ -130,9 +131,7 @@ def test_a_discontinuity_goes_on_from_the_viewers_newest_packet() -> None:
     viewer's numbering goes on one by one, and a NACK maps back only within the mapping
     that numbered the packet. (Unmapped, the stray packet pushed the viewer's numbering 5000
     ahead and the server's SRTP refused every packet after it, for every viewer.)"""
-    rewriter = Rewriter(
-        ssrc=0xCAFE, payload_type=111, first_seq=100, first_ts=1000, clock_rate=48000
-    )
+    rewriter = Output(ssrc=0xCAFE, payload_type=111, first_seq=100, first_ts=1000, clock_rate=48000)
     rewriter.start(rtp(7000, 50_000, b"a", ssrc=0xA), now=10.0)
     assert numbers(rewriter.rewrite(rtp(7000, 50_000, b"a", ssrc=0xA), now=10.0)) == (100, 1000)
     assert numbers(rewriter.rewrite(rtp(7001, 50_960, b"a", ssrc=0xA), now=10.02)) == (101, 1960)
@@ -172,7 +171,7 @@ def test_no_publisher_packet_makes_srtp_refuse_the_next(
     the server's SRTP towards the viewer (aiortc's settings) protects every packet, and the
     viewer's numbering never moves more than :data:`SEQ_CONTINUITY` at once."""
     srtp = viewer_srtp()
-    rewriter = Rewriter(ssrc=0xCAFE, payload_type=101, first_seq=first_seq, first_ts=0)
+    rewriter = Output(ssrc=0xCAFE, payload_type=101, first_seq=first_seq, first_ts=0)
     rewriter.start(rtp(start_seq, 0, b"", ssrc=0xA))
     newest, stream = first_seq, start_seq
     for ssrc, step in packets:

@@ -2,7 +2,7 @@
 
 The room starts a recorder for each track it can record (VP8, VP9, H.264, Opus) when the
 publisher goes live, and hands it to the track's fanout, which names it in every routing table
-it publishes. The event loop's :class:`~golive.media.forwarding.TrackTap` then *tells* it each
+it publishes. The event loop's :class:`~golive.media.forwarding.PublishedTrack` then *tells* it each
 packet the publisher sends (:class:`RecordPacket`: one tell per packet per track, never per
 viewer). Everything that touches the disk happens here, in the recorder's own thread:
 reassembly, the keyframe gate and the writer (:class:`~golive.media.recording.TrackRecording`).

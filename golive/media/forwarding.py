@@ -1,28 +1,35 @@
-"""The packet path: one :class:`TrackTap` per published track, on the event loop.
+"""The packet path: one :class:`PublishedTrack` per published track, on the event loop.
 
-For every packet the publisher sends on the track, the tap asks the session registry who
-receives it (the fanout actor's latest routing table, resolved to live sessions) and, for each
-viewer, rewrites the header (:class:`~golive.media.rtp.Rewriter`), SRTP-protects and sends it
-with plain calls. A viewer waiting for a keyframe is started on the first packet of one, and
-the fanout is told; keyframe requests to the publisher are coalesced (one per interval however
-many viewers wait or ask) and deferred rather than dropped. Every packet is kept in a small
-cache so a viewer's NACK can be answered: each sequence number once per NACK, at most
+The track object holds what forwarding needs, in one place: the fanout actor's latest
+:class:`RoutingTable` for the track (who receives it; installed by the session registry), the
+viewers' outputs, the keyframe requester and the recorder. For every packet the publisher
+sends, one call into C (:class:`~golive.media._fanout.Fanout`) rewrites the header for each
+viewer (:class:`~golive.media._fanout.Output`: its own SSRC, payload type, sequence numbers
+and timestamps), SRTP-protects it with the viewer's session and sends it on the viewer's
+socket. Keyframe gating is the output's: one not started yet starts on the first packet of a
+keyframe, and the fanout is told. Keyframe requests to the publisher are coalesced (one per
+interval however many viewers wait or ask) and deferred rather than dropped.
+
+Every packet is kept in a ring (indexed by sequence number) so a viewer's NACK can be
+answered: each sequence number once per NACK, at most
 :data:`~golive.media.limits.MAX_NACK_SEQUENCES` of them, none resent to the same viewer twice
 within :data:`~golive.media.limits.RTX_RESEND_INTERVAL`, and within the viewer's
 retransmission budget (:class:`RetransmissionBudget`), so a hostile NACK cannot make the
-server send more than a share of the stream.
+server send more than a share of the stream. Retransmissions and sender reports are Python.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import random
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import pykka
+import structlog
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtcpSrPacket, RtpPacket
 
@@ -31,13 +38,15 @@ from golive.actors.messages import (
     KeyframeDelivered,
     MediaKind,
     RecordPacket,
-    RoutePhase,
+    RoutingTable,
     SessionId,
     TrackId,
     TrackInfo,
     TrackKey,
 )
-from golive.media.hooks import Delivery, ForwardingReceiver, ForwardingSender
+from golive.logs import Throttle
+from golive.media._fanout import Fanout, Output
+from golive.media.hooks import Delivery, PacketSink
 from golive.media.limits import (
     MAX_NACK_SEQUENCES,
     RTX_BUDGET_MIN_RATE,
@@ -46,12 +55,15 @@ from golive.media.limits import (
     RTX_RESEND_INTERVAL,
     ByteBudget,
 )
-from golive.media.rtp import RTP_HEADER, Rewriter, keyframe_start
+from golive.media.rtp import keyframe_start
 from golive.metrics import Metrics
 from golive.sessions import SessionRegistry
 
+log = structlog.get_logger(__name__)
+
 CACHE_PACKETS = 1024  # about 4 s of 2 Mbit/s video
 KEYFRAME_REQUEST_INTERVAL = 1.0  # at most one keyframe request per track per second
+SEND_FAILURE_LOG_INTERVAL = 10.0  # at most one line per track about failed sends
 
 
 class RetransmissionBudget:
@@ -82,25 +94,47 @@ class RetransmissionBudget:
         return True
 
 
-@dataclass(slots=True)
-class Output:
-    """One viewer's sender for this track, and that viewer's numbering of it."""
+class TrackSource(Protocol):
+    """What a track needs of its publisher's receiver (a ``ForwardingReceiver``)."""
 
-    sender: ForwardingSender
-    rewriter: Rewriter
+    sink: PacketSink | None
+    on_sender_report: Callable[[RtcpSrPacket], None] | None
+
+    def request_keyframe(self) -> None: ...
+
+
+class ViewerSender(Protocol):
+    """What a track needs of a viewer's sender (a ``ForwardingSender``)."""
+
+    on_keyframe_request: Callable[[], None] | None
+    on_nack: Callable[[list[int]], None] | None
+
+    def new_output(self, first_seq: int, first_ts: int) -> Output: ...
+    def bind(self) -> bool: ...
+    def send_rtx(self, data: bytes) -> Delivery: ...
+    def send_sender_report(self, ntp_timestamp: int, rtp_timestamp: int) -> bool: ...
+
+
+@dataclass(slots=True, eq=False)
+class Viewer:
+    """One viewer of this track: its sender, and its output (numbering and socket)."""
+
+    session: SessionId
+    sender: ViewerSender
+    output: Output
     created: float  # when the viewer's offer arrived (loop time)
     first_keyframe: Callable[[TrackId], None] | None  # tells the session's story
     budget: RetransmissionBudget
-    told_fanout: bool = False
+    failures_seen: int = 0  # the output's send errors already logged
 
 
-class TrackTap:
+class PublishedTrack:
     def __init__(
         self,
         key: TrackKey,
         info: TrackInfo,
         codec: RTCRtpCodecParameters,
-        receiver: ForwardingReceiver,
+        receiver: TrackSource,
         *,
         registry: SessionRegistry,
         metrics: Metrics,
@@ -110,8 +144,12 @@ class TrackTap:
         self.codec = codec
         self._receiver = receiver
         self._registry = registry
-        self._outputs: dict[SessionId, Output] = {}
-        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._fanout = Fanout()
+        self._viewers: dict[SessionId, Viewer] = {}
+        self._by_output: dict[Output, Viewer] = {}
+        self._table: RoutingTable | None = None
+        self._waiting = 0  # outputs not started (waiting for a keyframe), as last counted
+        self._cache: list[bytes | None] = [None] * CACHE_PACKETS  # by sequence number
         self._video = info.kind is MediaKind.VIDEO
         self._last_request = -KEYFRAME_REQUEST_INTERVAL
         self._deferred: asyncio.TimerHandle | None = None
@@ -120,100 +158,114 @@ class TrackTap:
         self._packets = metrics.rtp_packets.labels(key.room)
         self._bytes = metrics.rtp_bytes.labels(key.room)
         self._dropped = metrics.packets_dropped.labels("backpressure")
+        self._failed = metrics.packets_dropped.labels("send_failed")
+        self._too_large = metrics.packets_dropped.labels("too_large")
         self._rtx_refused = {
             reason: metrics.retransmissions_refused.labels(reason)
             for reason in ("duplicate", "too_many", "not_cached", "recent", "budget")
         }
+        self._failure_log = Throttle(SEND_FAILURE_LOG_INTERVAL, self._loop.time)
         self._window_bytes = 0  # bytes received since _window_start, for the incoming rate
         self._window_start = self._loop.time()
         self._incoming_rate = 0.0  # bytes a second, as last measured
         self.keyframe_requests = 0
-        self.packets_in = 0
         self._dead_recorder: pykka.ActorRef[Any] | None = None
         receiver.sink = self.on_packet
         receiver.on_sender_report = self.on_sender_report
-        registry.add_keyframe_source(key, self.want_keyframe)
+        registry.add_track(self)
 
-    # -- viewers ------------------------------------------------------------------------------
+    # -- routes and viewers -------------------------------------------------------------------
+
+    def install(self, table: RoutingTable) -> None:
+        """The fanout's latest decision of who receives the track (called by the registry)."""
+        if self._table is not None and table.version <= self._table.version:
+            return
+        self._table = table
+        self._route()
 
     def attach(
         self,
         session: SessionId,
-        sender: ForwardingSender,
+        sender: ViewerSender,
         *,
         created: float,
         first_keyframe: Callable[[TrackId], None] | None = None,
     ) -> None:
-        """The viewer's sender for this track is connected: it may now be forwarded to.
-        ``first_keyframe`` is called once, when the viewer's first packet is sent."""
-        assert sender.codec is not None
-        assert sender.codec.payloadType is not None
-        rewriter = Rewriter(
-            ssrc=sender.ssrc,
-            payload_type=sender.codec.payloadType,
-            first_seq=random.randrange(0, 0x8000),  # noqa: S311  RTP needs unpredictable, not secret
-            first_ts=random.randrange(0, 0x80000000),  # noqa: S311
-            clock_rate=sender.codec.clockRate,
+        """The viewer's sender for this track is connected: it may now be forwarded to, from
+        the first keyframe on. ``first_keyframe`` is called once, when that is sent."""
+        self.detach(session)
+        output = sender.new_output(
+            random.randrange(0, 0x8000),  # noqa: S311  RTP needs unpredictable, not secret
+            random.randrange(0, 0x80000000),  # noqa: S311
         )
-        self._outputs[session] = Output(
-            sender, rewriter, created, first_keyframe, RetransmissionBudget(self._loop.time())
+        viewer = Viewer(
+            session,
+            sender,
+            output,
+            created,
+            first_keyframe,
+            RetransmissionBudget(self._loop.time()),
         )
+        self._viewers[session] = viewer
+        self._by_output[output] = viewer
         sender.on_keyframe_request = self.want_keyframe
         sender.on_nack = lambda lost: self.retransmit(session, lost)
+        self._route()
 
     def detach(self, session: SessionId) -> None:
-        output = self._outputs.pop(session, None)
-        if output is not None:
-            output.sender.on_keyframe_request = None
-            output.sender.on_nack = None
+        viewer = self._viewers.pop(session, None)
+        if viewer is None:
+            return
+        del self._by_output[viewer.output]
+        viewer.sender.on_keyframe_request = None
+        viewer.sender.on_nack = None
+        viewer.output.unbind()
+        self._route()
+
+    def _route(self) -> None:
+        """Hand the C fan-out the outputs of the viewers the table routes to, in its order."""
+        table, viewers = self._table, self._viewers
+        outputs = (
+            ()
+            if table is None
+            else tuple(v.output for r in table.routes if (v := viewers.get(r.session)) is not None)
+        )
+        self._fanout.outputs = outputs
+        self._waiting = sum(1 for output in outputs if not output.started)
 
     # -- packets ------------------------------------------------------------------------------
 
     def on_packet(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:  # noqa: ARG002  the receiver's sink signature
-        self.packets_in += 1
         data = packet.serialize()  # once per packet; without the publisher's header extensions
         self._window_bytes += len(data)
-        self._cache[packet.sequence_number] = data
-        if len(self._cache) > CACHE_PACKETS:
-            self._cache.popitem(last=False)
-        starts_keyframe: bool | None = None
-        waiting = sent = sent_bytes = dropped = 0
-        now = self._loop.time()
-        for record, phase in self._registry.targets(self.key):
-            output = self._outputs.get(record.session)
-            if output is None:
-                continue  # not connected yet
-            rewriter = output.rewriter
-            if not rewriter.started:
-                if starts_keyframe is None:
-                    starts_keyframe = keyframe_start(self.info.codec, data)
-                if not starts_keyframe:
-                    waiting += 1
-                    continue
-                rewriter.start(data, now)
-            if not output.told_fanout and phase is RoutePhase.WAITING_KEYFRAME:
-                self._started_on_keyframe(output, record.session)
-            out = rewriter.rewrite(data, now)
-            delivery = output.sender.send_rtp(out)
-            if delivery is Delivery.SENT:
-                sent += 1
-                sent_bytes += len(out) - RTP_HEADER
-            elif delivery is Delivery.DROPPED:
-                dropped += 1
-        if sent:
-            self._packets.inc(sent)
-            self._bytes.inc(sent_bytes)
-        if dropped:
-            self._dropped.inc(dropped)
-        if waiting:
-            self.want_keyframe()
+        self._cache[packet.sequence_number % CACHE_PACKETS] = data
+        keyframe = not self._video or (self._waiting > 0 and keyframe_start(self.info.codec, data))
+        try:
+            sent, sent_bytes, dropped, failed, waiting, started = self._fanout.forward(
+                data, keyframe, self._loop.time()
+            )
+        except ValueError:  # longer than any MTU, or not RTP: no viewer can take it
+            self._too_large.inc(len(self._fanout.outputs))
+        else:
+            self._waiting = waiting
+            if sent:
+                self._packets.inc(sent)
+                self._bytes.inc(sent_bytes)
+            if dropped:
+                self._dropped.inc(dropped)
+            if failed:
+                self._send_failed(failed)
+            if started is not None:
+                for output in started:
+                    self._started(self._by_output[output])
+            if waiting:
+                self.want_keyframe()
         self._record(data)
 
     def _record(self, data: bytes) -> None:
         """Tell the track's recorder (if it has one) the packet: one tell per packet, on the
         loop; the recorder does the disk work in its own thread."""
-        table = self._registry.routes(self.key)
-        recorder = None if table is None else table.recorder
+        recorder = None if self._table is None else self._table.recorder
         if recorder is None or recorder is self._dead_recorder:
             return
         try:
@@ -221,34 +273,63 @@ class TrackTap:
         except pykka.ActorDeadError:  # stopped or crashed: the room knows, stop telling it
             self._dead_recorder = recorder
 
+    def _started(self, viewer: Viewer) -> None:
+        """A viewer's output started on this packet: for video, tell the fanout it started on
+        a keyframe (once: an output starts once)."""
+        if not self._video:
+            return
+        seconds = self._loop.time() - viewer.created
+        self._metrics.session_setup.labels("subscriber", "first_keyframe").observe(seconds)
+        if viewer.first_keyframe is not None:
+            viewer.first_keyframe(self.key.track_id)
+        table = self._table
+        if table is not None and table.fanout is not None:
+            tell_quietly(table.fanout, KeyframeDelivered(viewer.session))
+
+    def _send_failed(self, count: int) -> None:
+        """Sending to some viewers failed (not a full socket: an error). Counted; logged per
+        viewer, at most once per :data:`SEND_FAILURE_LOG_INTERVAL` for the track. Every other
+        viewer got the packet."""
+        self._failed.inc(count)
+        held = self._failure_log.allow()
+        if held is None:
+            return
+        for viewer in self._viewers.values():
+            errors = viewer.output.send_errors
+            if errors > viewer.failures_seen:
+                code = viewer.output.last_errno
+                log.warning(
+                    "sending to a viewer failed",
+                    room=self.key.room,
+                    track=self.key.track_id,
+                    session=viewer.session,
+                    error=errno.errorcode.get(code, "protect") if code else "protect",
+                    message=os.strerror(code) if code else "SRTP protection failed",
+                    failures=errors - viewer.failures_seen,
+                    lines_held_back=held,
+                )
+                viewer.failures_seen = errors
+
     def on_sender_report(self, report: RtcpSrPacket) -> None:
         """Translate the publisher's NTP-RTP mapping into each viewer's RTP clock and pass it
-        on, so players keep audio and video in sync."""
+        on, so players keep audio and video in sync. (Each viewer's binding is checked too:
+        should ICE nominate another pair, packets follow within a report interval.)"""
         info = report.sender_info
-        for output in self._outputs.values():
-            if output.rewriter.started and output.rewriter.source == report.ssrc:
-                rtp = (info.rtp_timestamp + output.rewriter.ts_offset) & 0xFFFFFFFF
-                output.sender.send_sender_report(info.ntp_timestamp, rtp)
-
-    def _started_on_keyframe(self, output: Output, session: SessionId) -> None:
-        """Tell the fanout that ``session`` started on a keyframe (once)."""
-        output.told_fanout = True
-        seconds = self._loop.time() - output.created
-        self._metrics.session_setup.labels("subscriber", "first_keyframe").observe(seconds)
-        if output.first_keyframe is not None:
-            output.first_keyframe(self.key.track_id)
-        table = self._registry.routes(self.key)
-        if table is not None and table.fanout is not None:
-            tell_quietly(table.fanout, KeyframeDelivered(session))
+        for viewer in self._viewers.values():
+            output = viewer.output
+            if output.started and output.source == report.ssrc and viewer.sender.bind():
+                rtp = (info.rtp_timestamp + output.ts_offset) & 0xFFFFFFFF
+                viewer.sender.send_sender_report(info.ntp_timestamp, rtp)
 
     def retransmit(self, session: SessionId, lost: list[int]) -> None:
         """Answer a viewer's NACK from the cache (in that viewer's numbering): each sequence
         number once, the first :data:`MAX_NACK_SEQUENCES` of them, within the viewer's
         :class:`RetransmissionBudget`; what is not resent is counted by reason."""
         self._metrics.nacks.inc()
-        output = self._outputs.get(session)
-        if output is None or not output.rewriter.started:
+        viewer = self._viewers.get(session)
+        if viewer is None or not viewer.output.started:
             return
+        output = viewer.output
         # (aiortc's NACK parser does not wrap: a sequence number may come as 65536 or more)
         wanted = list(dict.fromkeys(seq & 0xFFFF for seq in lost))
         refused = dict.fromkeys(self._rtx_refused, 0)
@@ -257,25 +338,31 @@ class TrackTap:
             refused["too_many"] = len(wanted) - MAX_NACK_SEQUENCES
             del wanted[MAX_NACK_SEQUENCES:]
         now = self._loop.time()
-        budget = output.budget
+        budget = viewer.budget
         rate = self._measured_rate(now)
         resent = 0
         for viewer_seq in wanted:
-            seq = output.rewriter.publisher_seq(viewer_seq)
-            data = None if seq is None else self._cache.get(seq)
-            if seq is None or data is None or not output.rewriter.follows(data):
+            seq = output.publisher_seq(viewer_seq)
+            data = None if seq is None else self._cached(seq)
+            if seq is None or data is None or not output.follows(data):
                 refused["not_cached"] += 1
             elif budget.resent_lately(seq, now):
                 refused["recent"] += 1
             elif not budget.take(seq, len(data), rate, now):
                 refused["budget"] += 1
-            elif output.sender.send_rtx(output.rewriter.renumber(data)) is Delivery.SENT:
+            elif viewer.sender.send_rtx(output.renumber(data)) is Delivery.SENT:
                 resent += 1
         if resent:
             self._metrics.retransmitted.inc(resent)
         for reason, count in refused.items():
             if count:
                 self._rtx_refused[reason].inc(count)
+
+    def _cached(self, seq: int) -> bytes | None:
+        data = self._cache[seq % CACHE_PACKETS]
+        if data is None or int.from_bytes(data[2:4], "big") != seq:
+            return None  # overwritten by a newer packet since
+        return data
 
     def _measured_rate(self, now: float) -> float:
         """The track's incoming bytes a second, over the last second or more."""
@@ -307,12 +394,12 @@ class TrackTap:
         self._receiver.request_keyframe()
 
     def close(self) -> None:
-        self._registry.remove_keyframe_source(self.key)
+        self._registry.remove_track(self.key, self)
         self._receiver.sink = None
         self._receiver.on_sender_report = None
         if self._deferred is not None:
             self._deferred.cancel()
             self._deferred = None
-        for session in list(self._outputs):
+        for session in list(self._viewers):
             self.detach(session)
-        self._cache.clear()
+        self._cache = [None] * CACHE_PACKETS

@@ -40,6 +40,7 @@ from typing import Any
 
 import aioice.ice
 import aioice.stun
+import pylibsrtp
 import structlog
 from aiortc import (
     RTCDtlsTransport,
@@ -75,8 +76,11 @@ from aiortc.rtp import (
     RtpPacket,
     unwrap_rtx,
 )
+from pylibsrtp._binding import ffi as srtp_ffi  # type: ignore[import-not-found]
+from pylibsrtp._binding import lib as srtp_lib
 
 from golive.logs import Throttle
+from golive.media._fanout import DROPPED, FAILED, NOT_READY, SENT, Output
 from golive.media.limits import MAX_SSRCS_PER_TRACK, RTCP_BYTES_PER_SECOND, ByteBudget
 from golive.media.rtp import RTP_HEADER, payload_offset
 from golive.metrics import Metrics
@@ -96,6 +100,7 @@ class Delivery(enum.Enum):
     SENT = "sent"
     DROPPED = "dropped"  # the viewer's socket is backed up: lost on purpose, counted
     NOT_READY = "not_ready"  # not connected (yet, or any more)
+    FAILED = "failed"  # the send failed (counted on the viewer's output)
 
 
 # -- process-wide setup ---------------------------------------------------------------------
@@ -589,9 +594,13 @@ class ForwardingReceiver(RTCRtpReceiver):
 
 
 class ForwardingSender(RTCRtpSender):
-    """Sends RTP packets it is handed (already rewritten for this viewer); encodes nothing.
+    """Sends a viewer the packets of one track; encodes nothing.
 
-    Keyframe requests and NACKs from the viewer go to ``on_keyframe_request`` / ``on_nack``.
+    Packets go out through the sender's :class:`~golive.media._fanout.Output` (C: rewrite,
+    SRTP protection with this DTLS transport's session, send on the nominated pair's socket),
+    which :meth:`bind` points at the transport once DTLS is up. RTCP (sender reports) goes
+    through aiortc's SRTP session here. Keyframe requests and NACKs from the viewer go to
+    ``on_keyframe_request`` / ``on_nack``.
     """
 
     on_keyframe_request: Callable[[], None] | None
@@ -603,12 +612,11 @@ class ForwardingSender(RTCRtpSender):
         self.on_nack = None
         self.on_ready = None
         self._golive_started = False
+        self._golive_pair: Any = None  # the candidate pair the output is bound to
         self.codec: RTCRtpCodecParameters | None = None
         self.rtx_payload_type: int | None = None
-        self.packets_sent = 0
-        self.bytes_sent = 0
-        self.packets_dropped = 0
         self.cname: str | None = None
+        self.output: Output | None = None
         self._rtx_sequence = random.randrange(0, 0x10000)  # noqa: S311  RTP, not a secret
 
     @property
@@ -629,6 +637,7 @@ class ForwardingSender(RTCRtpSender):
             self.on_ready(self)
 
     async def stop(self) -> None:
+        self.unbind()
         if self._golive_started:
             self.transport._unregister_rtp_sender(self)
             self._golive_started = False
@@ -644,19 +653,56 @@ class ForwardingSender(RTCRtpSender):
         ):
             self.on_nack(list(packet.lost))
 
-    def send_rtp(self, data: bytes) -> Delivery:
-        """SRTP-protect and send one RTP packet now, or say why not."""
-        delivery = self._send(data, rtcp=False)
-        if delivery is Delivery.SENT:
-            self.packets_sent += 1
-            self.bytes_sent += len(data) - RTP_HEADER
-        return delivery
+    def new_output(self, first_seq: int, first_ts: int) -> Output:
+        """This viewer's numbering of the track, starting at ``first_seq``/``first_ts``,
+        bound to the transport if DTLS is up (:meth:`bind`)."""
+        codec = self.codec
+        assert codec is not None, "the sender has not started"
+        assert codec.payloadType is not None
+        self.output = Output(
+            ssrc=self.ssrc,
+            payload_type=codec.payloadType,
+            first_seq=first_seq,
+            first_ts=first_ts,
+            clock_rate=codec.clockRate,
+        )
+        self.bind()
+        return self.output
+
+    def bind(self) -> bool:
+        """Point the output at the nominated candidate pair's socket and the DTLS transport's
+        SRTP session, if it moved (or was not yet). False if there is none (not connected)."""
+        output = self.output
+        if output is None or not self._golive_started:
+            return False
+        dtls = self.transport
+        srtp = dtls._tx_srtp
+        pair = dtls.transport._connection._nominated.get(1)
+        udp = None if pair is None else pair.protocol.transport
+        if dtls._state != DtlsState.CONNECTED or srtp is None or pair is None or udp is None:
+            output.unbind()
+            self._golive_pair = None
+            return False
+        if pair is not self._golive_pair or not output.bound:
+            sock = udp.get_extra_info("socket")
+            host, port = pair.remote_addr[:2]
+            output.bind(sock.fileno(), (host, port), srtp_session(srtp), SRTP_PROTECT, srtp)
+            self._golive_pair = pair
+        return True
+
+    def unbind(self) -> None:
+        """Send nothing more (the transport is closing)."""
+        if self.output is not None:
+            self.output.unbind()
+        self._golive_pair = None
 
     def send_rtx(self, data: bytes) -> Delivery:
         """Resend a packet (as this viewer numbered it) on the RTX stream when one was
         negotiated (RFC 4588: original sequence number first in the payload), else as is."""
+        if self.output is None:
+            return Delivery.NOT_READY
         if self.rtx_payload_type is None:
-            return self.send_rtp(data)
+            return _DELIVERY[self.output.send(data)]
         offset = payload_offset(data)
         self._rtx_sequence = (self._rtx_sequence + 1) & 0xFFFF
         header = bytearray(data[: RTP_HEADER + 4 * (data[0] & 0x0F)])
@@ -664,43 +710,63 @@ class ForwardingSender(RTCRtpSender):
         header[1] = (data[1] & 0x80) | self.rtx_payload_type
         header[2:4] = self._rtx_sequence.to_bytes(2, "big")
         header[8:12] = int(self._rtx_ssrc).to_bytes(4, "big")
-        return self._send(bytes(header) + data[2:4] + data[offset:], rtcp=False)
+        return _DELIVERY[self.output.send(bytes(header) + data[2:4] + data[offset:])]
 
     def send_sender_report(self, ntp_timestamp: int, rtp_timestamp: int) -> bool:
-        """An RTCP SR (with SDES CNAME) mapping this viewer's RTP clock to wall-clock time."""
+        """An RTCP SR (with SDES CNAME) mapping this viewer's RTP clock to wall-clock time,
+        with the output's packet and octet counts."""
+        output = self.output
+        if output is None:
+            return False
         report = RtcpSrPacket(
             ssrc=self.ssrc,
             sender_info=RtcpSenderInfo(
                 ntp_timestamp=ntp_timestamp,
                 rtp_timestamp=rtp_timestamp,
-                packet_count=self.packets_sent & 0xFFFFFFFF,
-                octet_count=self.bytes_sent & 0xFFFFFFFF,
+                packet_count=output.packets_sent & _U32,
+                octet_count=output.bytes_sent & _U32,
             ),
         )
         data = bytes(report)
         if self.cname is not None:
             chunk = RtcpSourceInfo(ssrc=self.ssrc, items=[(1, self.cname.encode())])
             data += bytes(RtcpSdesPacket(chunks=[chunk]))
-        return self._send(data, rtcp=True) is Delivery.SENT
+        return self._send_rtcp_now(data)
 
-    def _send(self, data: bytes, *, rtcp: bool) -> Delivery:
+    def _send_rtcp_now(self, data: bytes) -> bool:
         if not self._golive_started:
-            return Delivery.NOT_READY
+            return False
         dtls = self.transport
         if dtls._state != DtlsState.CONNECTED or dtls._tx_srtp is None:
-            return Delivery.NOT_READY
+            return False
         pair = dtls.transport._connection._nominated.get(1)
         udp = None if pair is None else pair.protocol.transport
         if pair is None or udp is None:
-            return Delivery.NOT_READY
+            return False
         # aioice ignores pause_writing: look at the socket's backlog and drop, never queue.
         backlog: int = udp.get_write_buffer_size()  # type: ignore[attr-defined]
         if backlog > SEND_BUFFER_LIMIT:
-            self.packets_dropped += 1
-            return Delivery.DROPPED
-        srtp = dtls._tx_srtp
-        udp.sendto(srtp.protect_rtcp(data) if rtcp else srtp.protect(data), pair.remote_addr)
-        return Delivery.SENT
+            return False
+        udp.sendto(dtls._tx_srtp.protect_rtcp(data), pair.remote_addr)
+        return True
+
+
+def srtp_session(session: pylibsrtp.Session) -> int:
+    """The address of the ``srtp_t`` a pylibsrtp session holds (its keys and rollover
+    counters), for the C fan-out to protect with; valid while ``session`` lives."""
+    return int(srtp_ffi.cast("uintptr_t", session._srtp[0]))
+
+
+#: The address of libsrtp's ``srtp_protect`` inside pylibsrtp (libsrtp 2's signature,
+#: ``srtp_err_status_t srtp_protect(srtp_t, void *, int *)``, checked by the tests).
+SRTP_PROTECT = int(srtp_ffi.cast("uintptr_t", srtp_ffi.addressof(srtp_lib, "srtp_protect")))
+
+_DELIVERY = {
+    SENT: Delivery.SENT,
+    DROPPED: Delivery.DROPPED,
+    NOT_READY: Delivery.NOT_READY,
+    FAILED: Delivery.FAILED,
+}
 
 
 # -- the peer connection ---------------------------------------------------------------------

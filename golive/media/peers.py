@@ -1,7 +1,7 @@
 """Peer connections for publishers and viewers, negotiated and wired to the packet path.
 
 :class:`MediaHub` lives on the event loop (one per server). It answers a publisher's offer
-(``recvonly``, one codec per track, DTLS server), creates one :class:`TrackTap` per published
+(``recvonly``, one codec per track, DTLS server), creates one :class:`PublishedTrack` per published
 track, answers a viewer's offer with only the codecs it offered that match the published ones
 (``sendonly``), connects each viewer's senders to the taps once DTLS is up, and turns the
 peer connections' state changes into events for the actors. It decides nothing about rooms:
@@ -43,7 +43,7 @@ from golive.actors.messages import (
     TrackKey,
 )
 from golive.config import DEFAULT_SESSION_CONNECT_TIMEOUT_SECONDS
-from golive.media.forwarding import TrackTap
+from golive.media.forwarding import PublishedTrack
 from golive.media.hooks import (
     ForwardingPeerConnection,
     ForwardingReceiver,
@@ -98,7 +98,7 @@ class PeerSession:
     pc: ForwardingPeerConnection
     session: SessionId = field(default_factory=lambda: SessionId(""))
     etag: str = field(default_factory=lambda: '"' + secrets.token_hex(8) + '"')
-    taps: list[TrackTap] = field(default_factory=list)  # published (publisher) or fed by
+    taps: list[PublishedTrack] = field(default_factory=list)  # published (publisher) or fed by
     ended: EndReason | None = None
     transport_end: EndReason | None = None  # why the transport went down, seen first
     owner: str = ""  # the creator's identity (golive.http.auth.Principal.identity)
@@ -256,13 +256,13 @@ class MediaHub:
         self._configuration = ice_servers or RTCConfiguration(iceServers=[])
         self._guard = MediaGuard(metrics, loopback=loopback)
         self._sessions: dict[SessionId, PeerSession] = {}
-        self._room_taps: dict[RoomName, list[TrackTap]] = {}
+        self._room_taps: dict[RoomName, list[PublishedTrack]] = {}
         self._tasks = BackgroundTasks("closing a peer connection failed", level="warning")
 
     def session(self, session: SessionId) -> PeerSession | None:
         return self._sessions.get(session)
 
-    def taps(self, room: RoomName) -> list[TrackTap]:
+    def taps(self, room: RoomName) -> list[PublishedTrack]:
         return list(self._room_taps.get(room, ()))
 
     # -- publish ------------------------------------------------------------------------------
@@ -315,7 +315,7 @@ class MediaHub:
         for info, codec, receiver in receivers:
             key = TrackKey(peer.room, peer.session, info.track_id)
             peer.taps.append(
-                TrackTap(
+                PublishedTrack(
                     key, info, codec, receiver, registry=self._rooms.registry, metrics=self._metrics
                 )
             )
@@ -345,7 +345,11 @@ class MediaHub:
         return Answered(peer, answer)
 
     async def _answer_viewer(
-        self, peer: PeerSession, offer_sdp: str, offer: SessionDescription, taps: list[TrackTap]
+        self,
+        peer: PeerSession,
+        offer_sdp: str,
+        offer: SessionDescription,
+        taps: list[PublishedTrack],
     ) -> str:
         pc = peer.pc
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
@@ -373,8 +377,8 @@ class MediaHub:
 
     @staticmethod
     def _match(
-        offered: list[RTCRtpCodecParameters], kind: str, taps: list[TrackTap]
-    ) -> tuple[TrackTap, RTCRtpCodecParameters] | None:
+        offered: list[RTCRtpCodecParameters], kind: str, taps: list[PublishedTrack]
+    ) -> tuple[PublishedTrack, RTCRtpCodecParameters] | None:
         for tap in taps:
             if tap.info.kind.value != kind:
                 continue
@@ -383,7 +387,9 @@ class MediaHub:
                     return tap, codec
         return None
 
-    def _sender_ready(self, peer: PeerSession, tap: TrackTap, sender: ForwardingSender) -> None:
+    def _sender_ready(
+        self, peer: PeerSession, tap: PublishedTrack, sender: ForwardingSender
+    ) -> None:
         if peer.ended is None and tap in self._room_taps.get(peer.room, ()):
             tap.attach(
                 peer.session,
@@ -498,7 +504,12 @@ class MediaHub:
                 peer.tell("dtls connected")
             else:
                 peer.tell("dtls state", level=logging.DEBUG, state=state)
-            if peer.transport_end is not None or dtls.state not in ("closed", "failed"):
+            if dtls.state not in ("closed", "failed"):
+                return
+            for sender in {t.sender for t in peer.pc.getTransceivers()}:
+                if isinstance(sender, ForwardingSender):
+                    sender.unbind()  # its socket may close any moment: send nothing more
+            if peer.transport_end is not None:
                 return
             ice_down = dtls.transport.state in ("closed", "failed") or ice_closing(dtls)
             peer.transport_end = EndReason.ICE_FAILED if ice_down else EndReason.DTLS_CLOSED

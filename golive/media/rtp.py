@@ -1,16 +1,14 @@
-"""RTP on the wire, without decoding: where frames start, which are keyframes, and the header
-rewrite that gives each viewer its own continuous stream.
+"""RTP on the wire, without decoding: where payloads start and which packets start keyframes.
 
-Pure functions over bytes; nothing here allocates more than the rewritten packet.
+Pure functions over bytes. The header rewrite that gives each viewer its own continuous stream
+is on the packet path, in C (:class:`golive.media._fanout.Output`).
 """
 
 from __future__ import annotations
 
-import struct
-from dataclasses import dataclass
+from golive.media import _fanout
 
 RTP_HEADER = 12
-_SEQ_TS_SSRC = struct.Struct("!HII")
 
 
 def payload_offset(packet: bytes) -> int:
@@ -140,85 +138,10 @@ _KEYFRAME_STARTS = {
 #: Well inside the 1024-packet SRTP replay window (aiortc's, both ends; browsers'), so that no
 #: packet moves a viewer's numbering where SRTP refuses the packets after it as too old (the
 #: server's own SRTP did, for every viewer, until the publisher's numbering caught up).
-SEQ_CONTINUITY = 512
-# How far back a NACK may name a packet of the current mapping (more than any cache holds).
-_MAPPED_SPAN = 0x4000
-
-
-@dataclass(slots=True)
-class Rewriter:
-    """One viewer's view of one published track: its own SSRC, payload type, sequence numbers
-    and timestamps. The first packet forwarded maps to ``first_seq``/``first_ts``; everything
-    after keeps the publisher's spacing, so the viewer sees one continuous stream. A
-    discontinuity (a packet of another SSRC, or more than :data:`SEQ_CONTINUITY` from the
-    newest) re-bases the mapping: the viewer's numbering goes on right after its newest
-    packet, and its clock by the time that passed."""
-
-    ssrc: int
-    payload_type: int
-    first_seq: int
-    first_ts: int
-    clock_rate: int = 90000
-    seq_offset: int = 0
-    ts_offset: int = 0
-    started: bool = False
-    source: int = 0  # the publisher's SSRC the mapping is for
-    newest: int = 0  # the newest sequence number forwarded, in the publisher's numbering
-    last_seq: int = 0  # the newest sequence number sent, in the viewer's numbering
-    last_ts: int = 0  # its timestamp, in the viewer's clock
-    last_time: float = 0.0  # when it was forwarded (the caller's clock, seconds)
-    mapped_from: int = 0  # the first sequence number of the current mapping, the viewer's
-
-    def start(self, packet: bytes, now: float = 0.0) -> None:
-        seq, ts, ssrc = _SEQ_TS_SSRC.unpack_from(packet, 2)
-        self.seq_offset = (self.first_seq - seq) & 0xFFFF
-        self.ts_offset = (self.first_ts - ts) & 0xFFFFFFFF
-        self.source, self.newest = ssrc, seq
-        self.last_seq = self.mapped_from = self.first_seq
-        self.last_ts, self.last_time = self.first_ts, now
-        self.started = True
-
-    def rewrite(self, packet: bytes, now: float = 0.0) -> bytes:
-        """The packet as this viewer receives it, without the publisher's header extensions
-        (their ids were negotiated with the publisher, not with this viewer)."""
-        seq, ts, ssrc = _SEQ_TS_SSRC.unpack_from(packet, 2)
-        ahead = (seq - self.newest) & 0xFFFF
-        if ssrc != self.source or SEQ_CONTINUITY < ahead < 0x10000 - SEQ_CONTINUITY:
-            ticks = max(1, round((now - self.last_time) * self.clock_rate))
-            self.seq_offset = (self.last_seq + 1 - seq) & 0xFFFF
-            self.ts_offset = (self.last_ts + ticks - ts) & 0xFFFFFFFF
-            self.source = ssrc
-            self.mapped_from = (self.last_seq + 1) & 0xFFFF
-            ahead = 1
-        if 0 < ahead < 0x8000:  # the newest yet (else late, a retransmission perhaps)
-            self.newest = seq
-            self.last_seq = (seq + self.seq_offset) & 0xFFFF
-            self.last_ts = (ts + self.ts_offset) & 0xFFFFFFFF
-            self.last_time = now
-            if (self.last_seq - self.mapped_from) & 0xFFFF > _MAPPED_SPAN:  # (serial numbers)
-                self.mapped_from = (self.last_seq - _MAPPED_SPAN) & 0xFFFF
-        return self._renumbered(packet, seq, ts)
-
-    def renumber(self, packet: bytes) -> bytes:
-        """:meth:`rewrite` by the current mapping, changing nothing (for a resent packet)."""
-        seq, ts, _ = _SEQ_TS_SSRC.unpack_from(packet, 2)
-        return self._renumbered(packet, seq, ts)
-
-    def _renumbered(self, packet: bytes, seq: int, ts: int) -> bytes:
-        header = bytearray(packet[: RTP_HEADER + 4 * (packet[0] & 0x0F)])
-        header[0] &= 0xEF  # no extension
-        header[1] = (packet[1] & 0x80) | self.payload_type
-        out_seq, out_ts = (seq + self.seq_offset) & 0xFFFF, (ts + self.ts_offset) & 0xFFFFFFFF
-        _SEQ_TS_SSRC.pack_into(header, 2, out_seq, out_ts, self.ssrc)
-        return bytes(header) + packet[payload_offset(packet) :]
-
-    def publisher_seq(self, viewer_seq: int) -> int | None:
-        """The publisher's sequence number of a packet this viewer knows as ``viewer_seq``, or
-        None if the current mapping did not number it (before a discontinuity, or not yet)."""
-        if (self.last_seq - viewer_seq) & 0xFFFF > (self.last_seq - self.mapped_from) & 0xFFFF:
-            return None
-        return (viewer_seq - self.seq_offset) & 0xFFFF
-
-    def follows(self, packet: bytes) -> bool:
-        """Whether ``packet`` is of the publisher's SSRC the current mapping is for."""
-        return bool(_SEQ_TS_SSRC.unpack_from(packet, 2)[2] == self.source)
+#:
+#: Each viewer's numbering is a :class:`golive.media._fanout.Output` (C, on the packet path):
+#: its first packet maps to ``first_seq``/``first_ts``, everything after keeps the publisher's
+#: spacing, so the viewer sees one continuous stream; a discontinuity re-bases the mapping, the
+#: viewer's numbering going on right after its newest packet and its clock by the time that
+#: passed. Header extensions are dropped (their ids were negotiated with the publisher).
+SEQ_CONTINUITY = _fanout.SEQ_CONTINUITY

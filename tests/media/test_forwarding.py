@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import re
+import socket
+import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pykka
 import pytest
@@ -14,10 +18,10 @@ from aiortc.rtp import RtcpSrPacket, RtpPacket, is_rtcp
 
 from golive.actors.messages import RoomName, SessionId
 from golive.http.keys import MEDIA as MEDIA_KEY
-from golive.media.forwarding import KEYFRAME_REQUEST_INTERVAL, TrackTap
-from golive.media.hooks import SEND_BUFFER_LIMIT, ForwardingReceiver
+from golive.media.forwarding import KEYFRAME_REQUEST_INTERVAL, PublishedTrack
+from golive.media.hooks import ForwardingReceiver
 from tests.media.clients import Viewer, close_all, delete, publish, view
-from tests.support import ServerThread, metric_samples, wait_until
+from tests.support import ServerThread, eventually, metric_samples, wait_until
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(90)]
 DEADLINE = 30.0
@@ -254,7 +258,7 @@ async def test_sender_reports_carry_the_publishers_clock_in_each_viewers_numberi
         transceiver.receiver._handle_rtcp_packet = watch  # type: ignore[method-assign]
     published: list[RtcpSrPacket] = []
 
-    def taps() -> list[TrackTap]:
+    def taps() -> list[PublishedTrack]:
         return server.app[MEDIA_KEY].taps(RoomName("clock"))
 
     def record_publisher_reports() -> None:  # on the server's loop
@@ -273,9 +277,9 @@ async def test_sender_reports_carry_the_publishers_clock_in_each_viewers_numberi
     try:
         await asyncio.wait_for(got_reports.wait(), DEADLINE)
         offsets = {
-            output.sender.ssrc: output.rewriter.ts_offset
+            viewer.output.ssrc: viewer.output.ts_offset
             for tap in server.call(taps)
-            for output in tap._outputs.values()
+            for viewer in tap._viewers.values()
         }
         by_ntp = {r.sender_info.ntp_timestamp: r.sender_info.rtp_timestamp for r in published}
         for report in reports:
@@ -293,9 +297,10 @@ async def test_sender_reports_carry_the_publishers_clock_in_each_viewers_numberi
 async def test_a_viewer_that_cannot_keep_up_loses_packets_and_nobody_else_does(
     server: ServerThread,
 ) -> None:
-    """One viewer's server-side socket reports a send backlog over the limit (a slow network
-    cannot be made on loopback, so that one socket is made to say so): its packets are dropped
-    and counted, and the other viewer keeps receiving every frame."""
+    """One viewer's path is slow: the namespace's loopback carries what goes to that viewer's
+    port at 100 bit/s (an HTB class; nothing else is slowed), and the server's socket towards
+    it has the kernel's smallest send buffer, so it fills. That viewer's packets are dropped
+    and counted, never queued, and the other viewer keeps receiving every frame."""
     publisher = await publish(server.url, "slow", audio=False)
     fast = await view(server.url, "slow")
     slow = await view(server.url, "slow")
@@ -303,29 +308,58 @@ async def test_a_viewer_that_cannot_keep_up_loses_packets_and_nobody_else_does(
         await asyncio.wait_for(
             asyncio.gather(fast.got_video.wait(), slow.got_video.wait()), DEADLINE
         )
-        slow_session = slow.answer.location.rsplit("/", 1)[1]
+        [port] = {
+            pair.protocol.transport.get_extra_info("sockname")[1]
+            for transceiver in slow.pc.getTransceivers()
+            if (pair := transceiver.receiver.transport.transport._connection._nominated.get(1))
+        }
+        slow_session = SessionId(slow.answer.location.rsplit("/", 1)[1])
 
-        def back_up_the_slow_viewer() -> None:  # on the server's loop
-            peer = server.app[MEDIA_KEY].session(SessionId(slow_session))
+        def shrink_send_buffer() -> None:  # on the server's loop: a real socket option
+            peer = server.app[MEDIA_KEY].session(slow_session)
             assert peer is not None
             for transceiver in peer.pc.getTransceivers():
-                pair = transceiver.sender.transport.transport._connection._nominated.get(1)
-                if pair is not None:
-                    udp = pair.protocol.transport
-                    udp.get_write_buffer_size = lambda: SEND_BUFFER_LIMIT + 1  # type: ignore[attr-defined]
+                pair = transceiver.sender.transport.transport._connection._nominated[1]
+                sock = pair.protocol.transport.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)
 
-        server.call(back_up_the_slow_viewer)
-        before = fast.frames["video"], slow.frames["video"]
-        fast.got_video.clear()
-        deadline = asyncio.get_running_loop().time() + DEADLINE
-        while fast.frames["video"] < before[0] + 30:
-            assert asyncio.get_running_loop().time() < deadline, fast.frames
-            await asyncio.sleep(0.1)
-        assert slow.frames["video"] <= before[1] + 2  # at most what was already in flight
-        samples = metric_samples((await asyncio.to_thread(server.get, "/metrics"))[1].decode())
-        assert samples[("golive_rtp_packets_dropped_total", (("reason", "backpressure"),))] > 0
+        async def dropped() -> bool:
+            metrics = (await asyncio.to_thread(server.get, "/metrics"))[1].decode()
+            key = ("golive_rtp_packets_dropped_total", (("reason", "backpressure"),))
+            return metric_samples(metrics).get(key, 0) > 0
+
+        with throttled_port(port):
+            server.call(shrink_send_buffer)
+            await eventually(dropped, what="a dropped packet", seconds=DEADLINE)
+            before = fast.frames["video"], slow.frames["video"]
+            await eventually(
+                lambda: fast.frames["video"] >= before[0] + 60,
+                what="the fast viewer's next 60 frames",
+                seconds=DEADLINE,
+            )
+            assert slow.frames["video"] <= before[1] + 1
     finally:
         await close_all(publisher, fast, slow)
+
+
+@contextlib.contextmanager
+def throttled_port(port: int) -> Iterator[None]:
+    """Loopback traffic to ``port`` at 100 bit/s while the block runs (HTB, in the test's own
+    network namespace: tests run inside one)."""
+    assert os.environ.get("GOLIVE_IN_NETNS") == "1", "tc would change the machine's loopback"
+    match = f"match ip dport {port} 0xffff"
+    commands = [
+        "qdisc add dev lo root handle 1: htb default 1",
+        "class add dev lo parent 1: classid 1:1 htb rate 10gbit",
+        "class add dev lo parent 1: classid 1:2 htb rate 100bit",
+        f"filter add dev lo parent 1: protocol ip prio 1 u32 {match} flowid 1:2",
+    ]
+    try:
+        for command in commands:
+            subprocess.run(["tc", *command.split()], check=True, capture_output=True)
+        yield
+    finally:
+        subprocess.run(["tc", "qdisc", "del", "dev", "lo", "root"], check=False)
 
 
 async def test_losses_from_the_publisher_are_nacked_and_reports_go_back(
