@@ -255,12 +255,14 @@ class MediaHub:
         self._tracing = tracing if tracing is not None else Tracing.disabled()
         self._configuration = ice_servers or RTCConfiguration(iceServers=[])
         self._guard = MediaGuard(metrics, loopback=loopback)
-        self._sessions: dict[SessionId, PeerSession] = {}
         self._room_taps: dict[RoomName, list[PublishedTrack]] = {}
         self._tasks = BackgroundTasks("closing a peer connection failed", level="warning")
 
     def session(self, session: SessionId) -> PeerSession | None:
-        return self._sessions.get(session)
+        """The live session ``session`` (the loop's one map of sessions is the registry's)."""
+        record = self._rooms.registry.get(session)
+        endpoint = None if record is None else record.endpoint
+        return endpoint if isinstance(endpoint, PeerSession) else None
 
     def taps(self, room: RoomName) -> list[PublishedTrack]:
         return list(self._room_taps.get(room, ()))
@@ -436,7 +438,6 @@ class MediaHub:
             return reply
         peer.session = reply.session
         peer.candidates = sum(len(media.ice_candidates) for media in offer.media)
-        self._sessions[peer.session] = peer
         # A child of the request's span, outliving it: the session's story is told on it.
         peer.span = self._tracing.start_session(
             f"{'whip' if role is Role.PUBLISHER else 'whep'} session",
@@ -516,7 +517,6 @@ class MediaHub:
 
     def closed(self, peer: PeerSession) -> None:
         """A session ended: unhook it from the packet path and close its peer connection."""
-        self._sessions.pop(peer.session, None)
         if peer.role is Role.PUBLISHER:
             if self._room_taps.get(peer.room) is peer.taps:
                 del self._room_taps[peer.room]
