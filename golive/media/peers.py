@@ -258,6 +258,10 @@ class MediaHub:
         self._room_taps: dict[RoomName, list[PublishedTrack]] = {}
         self._tasks = BackgroundTasks("closing a peer connection failed", level="warning")
 
+    def sessions(self) -> list[PeerSession]:
+        """Every live session."""
+        return [r.endpoint for r in self._rooms.registry if isinstance(r.endpoint, PeerSession)]
+
     def session(self, session: SessionId) -> PeerSession | None:
         """The live session ``session`` (the loop's one map of sessions is the registry's)."""
         record = self._rooms.registry.get(session)

@@ -57,7 +57,7 @@ async def test_publisher_reaches_every_viewer(server: ServerThread) -> None:
         # The server decodes nothing: its receivers started no decoder thread.
         receivers = [
             t.receiver
-            for peer in server.call(lambda: list(server.app[MEDIA_KEY]._sessions.values()))
+            for peer in server.call(server.app[MEDIA_KEY].sessions)
             for t in peer.pc.getTransceivers()
             if isinstance(t.receiver, ForwardingReceiver)
         ]
@@ -74,9 +74,7 @@ async def test_publisher_reaches_every_viewer(server: ServerThread) -> None:
         assert samples[("live_subscribers", (("room", "live"),))] == 4
         assert samples[("golive_keyframe_requests_total", ())] >= 1
 
-        server_pcs = server.call(
-            lambda: [peer.pc for peer in server.app[MEDIA_KEY]._sessions.values()]
-        )
+        server_pcs = server.call(lambda: [peer.pc for peer in server.app[MEDIA_KEY].sessions()])
         assert len(server_pcs) == 5
 
         # A viewer leaving (DELETE) affects nobody else.
@@ -93,7 +91,7 @@ async def test_publisher_reaches_every_viewer(server: ServerThread) -> None:
         # Nothing leaks: every peer connection closed with its sockets, no actor but the
         # directory, no session anywhere.
         server.run(server.app[MEDIA_KEY].shutdown())
-        assert server.call(lambda: server.app[MEDIA_KEY]._sessions) == {}
+        assert server.call(server.app[MEDIA_KEY].sessions) == []
         assert all(pc.connectionState == "closed" for pc in server_pcs)
         for pc in server_pcs:
             for transceiver in pc.getTransceivers():
