@@ -41,9 +41,11 @@ $(STAMP): $(LOCKED) pyproject.toml $(wildcard setup.py)
 # after changing a dependency or a group in pyproject.toml. Pins already in the lock are kept
 # unless pyproject.toml excludes them; `make lock LOCK_ARGS=--upgrade` moves everything to the
 # newest allowed, `make lock LOCK_ARGS='--upgrade-package aiohttp'` one package. The resolution
-# is universal (any OS and Python >= 3.11), so the lock installs beyond this machine too.
-# The lock is replaced only when its text changes (a new one makes the venv anew).
-lock: $(LOCKED)
+# is universal (any OS and Python >= 3.11), so the lock installs beyond this machine too, and
+# prefers one version of each package for every Python (--fork-strategy fewest) to one per
+# Python. The lock is replaced only when its text changes (a new one makes the venv anew).
+lock:
+	test -x $(BIN)/uv || $(MAKE) $(LOCKED)
 	cp $(LOCK) $(LOCK).new
 	UV_CUSTOM_COMPILE_COMMAND='make lock' $(BIN)/uv pip compile --quiet pyproject.toml \
 	  --group dev --group build --universal --fork-strategy fewest --python-version 3.11 \
