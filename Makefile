@@ -29,9 +29,12 @@ $(LOCKED): $(LOCK)
 	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
 	touch $(LOCKED)
 
-# golive itself, built without build isolation by the setuptools the lock pins. The two checks
-# fail when pyproject.toml asks for something the lock does not hold: run `make lock`.
-$(STAMP): $(LOCKED) pyproject.toml $(wildcard setup.py)
+# golive itself, its C extension compiled (with the machine's compiler and Python's headers,
+# installed when missing) without build isolation by the setuptools the lock pins; built again
+# when a C source changes. The two checks fail when pyproject.toml asks for something the lock
+# does not hold: run `make lock`.
+$(STAMP): $(LOCKED) pyproject.toml $(wildcard setup.py golive/*/*.c golive/*/*.h)
+	scripts/install-build-tools $(BIN)/python
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	broken=$$($(BIN)/python -m pip check) || { echo "$$broken"; $(STALE); }
 	$(BIN)/python -m pip install --quiet --dry-run --no-index --group dev --group build || $(STALE)
