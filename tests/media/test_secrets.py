@@ -176,7 +176,13 @@ async def test_no_secret_reaches_a_log_an_error_bootstrap_or_metrics(tmp_path: P
 
         await eventually(recorded, what="a frame recorded")
         await ex.call("DELETE", location, {"Authorization": f"Bearer {room_jwt}"})
-        await ex.call("GET", "/metrics")
+
+        async def upload_failed() -> bool:
+            """The uploader tried the (unreachable) S3 endpoint and logged why it failed."""
+            text = (await ex.call("GET", "/metrics"))[2]
+            return metric_samples(text).get(("golive_upload_retries_total", ()), 0) > 0
+
+        await eventually(upload_failed, what="a failed upload attempt")
         await ex.call("GET", "/api/bootstrap")
         assert await asyncio.to_thread(golive.stop) == 0
     finally:
