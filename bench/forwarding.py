@@ -35,9 +35,16 @@ Figures, per size the median of ``BENCH_RUNS`` (3) runs:
   sequence numbers (expected = highest - lowest + 1 per SSRC, across the 16-bit wrap; a
   duplicate does not count as received; see :mod:`bench.counting`). Whatever lost it (the
   server dropping under backpressure, a full socket buffer at either end, the publisher's
-  packets dropped before the server read them), a viewer sees a gap. Also shown: packets the
-  server dropped on purpose (``golive_rtp_packets_dropped_total``) and the kernel's UDP
-  receive-buffer drops in the namespace (``RcvbufErrors``, ``/proc/net/snmp``), to say where.
+  packets dropped before the server read them), a viewer sees a gap (unless the server's NACK
+  to the publisher, which answers them as browsers do, filled it). Also shown, to say where:
+  packets the server dropped on purpose (``golive_rtp_packets_dropped_total``), and the
+  kernel's drops for a full receive buffer at the server's sockets (the publisher's packets
+  it did not read in time: each one is lost by every viewer) and at the viewers' sockets (the
+  load generator fell behind), from ``/proc/net/udp``.
+- *its loop waiting for a CPU*: the time the server's main thread (its event loop) was
+  runnable but not running, from ``/proc/PID/task/PID/schedstat``: the machine's two cores
+  are shared by every process here (and by anything else running): when this is large, the
+  machine, not the server, was the limit.
 - *viewers connected*: with a first RTP packet; *receiving at the end*: a packet in the last
   second of the hold.
 - *POST → first RTP / first keyframe*, p50 and p99 over all viewers: from the moment the
@@ -149,10 +156,13 @@ def sizes_from(text: str) -> list[Size]:
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: killed if the driver dies (even by SIGKILL)."""
+def _child_setup() -> None:
+    """In the child, before exec: killed if the driver dies (even by SIGKILL); deaf to SIGINT
+    (Ctrl-C reaches the whole process group: the driver alone decides, and ends every child
+    with SIGTERM in order)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -172,6 +182,46 @@ def memory_mib(pid: int) -> tuple[float, float]:
             if line.startswith("Pss:"):
                 pss = int(line.split()[1]) / 1024
     return rss, pss
+
+
+def socket_inodes(pid: int) -> set[str]:
+    """The inodes of a process's sockets."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = str(fd.readlink())
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    return inodes
+
+
+def udp_socket_drops() -> dict[str, int]:
+    """Datagrams dropped at each UDP socket of this namespace (full receive buffer), by inode
+    (``/proc/net/udp``'s last column)."""
+    drops = {}
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if len(fields) >= 13:
+                    drops[fields[9]] = int(fields[-1])
+    return drops
+
+
+def drops_of(pids: list[int], before: dict[str, int], after: dict[str, int]) -> int:
+    """Datagrams dropped between two readings at the sockets the processes hold now."""
+    inodes = set().union(*(socket_inodes(pid) for pid in pids))
+    return sum(after.get(i, 0) - before.get(i, 0) for i in inodes)
+
+
+def run_queue_seconds(pid: int) -> float:
+    """Time a process's main thread (golive's event loop) spent runnable but waiting for a
+    CPU (``/proc/PID/task/PID/schedstat``): the machine, not the server, was the limit."""
+    try:
+        return int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return math.nan
 
 
 def udp_receive_drops() -> int:
@@ -256,7 +306,7 @@ class Processes:
                 stdout=asyncio.subprocess.PIPE if events else stderr,
                 stderr=stderr,
                 env=env,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_child_setup,
             )
         finally:
             stderr.close()
@@ -285,7 +335,7 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def http_get(url: str, timeout: float = 10.0) -> bytes:
+def http_get(url: str, timeout: float = 5.0) -> bytes:
     with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310  loopback only
         return bytes(response.read())
 
@@ -460,6 +510,8 @@ async def run_once(  # noqa: PLR0915  one run, step by step, reads best in one p
     loader_cpu = [loader.cpu() for loader in loaders]
     publisher_cpu = publisher.cpu()
     drops = udp_receive_drops()
+    socket_drops = udp_socket_drops()
+    waited = run_queue_seconds(server.pid)
     samples.clear()
     hold_start = await counters(base, room, server)
     for loader in loaders:
@@ -472,6 +524,10 @@ async def run_once(  # noqa: PLR0915  one run, step by step, reads best in one p
     for loader in loaders:
         loader.send("end")
     drops = udp_receive_drops() - drops
+    waited = run_queue_seconds(server.pid) - waited
+    socket_drops_end = udp_socket_drops()
+    server_drops = drops_of([server.pid], socket_drops, socket_drops_end)
+    viewer_drops = drops_of([loader.pid for loader in loaders], socket_drops, socket_drops_end)
     publisher_cpu = publisher.cpu() - publisher_cpu
     loader_cpu = [loader.cpu() - before for loader, before in zip(loaders, loader_cpu, strict=True)]
     rss_hold = [(t, r) for t, r in samples if hold_start.at <= t <= hold_end.at]
@@ -513,7 +569,8 @@ async def run_once(  # noqa: PLR0915  one run, step by step, reads best in one p
         rss_hold=rss_hold,
         loader_cpu=loader_cpu,
         publisher_cpu=publisher_cpu,
-        udp_drops=drops,
+        udp_drops=(drops, server_drops, viewer_drops),
+        waited=waited,
     )
 
 
@@ -548,7 +605,8 @@ def summarize(
     rss_hold: list[tuple[float, float]],
     loader_cpu: list[float],
     publisher_cpu: float,
-    udp_drops: int,
+    udp_drops: tuple[int, int, int],
+    waited: float,
 ) -> dict[str, Any]:
     """One run's figures (see the module's docstring for what each is)."""
     viewers = [v for report in reports for v in report["viewers"]]
@@ -592,7 +650,10 @@ def summarize(
         "loss_pct": 100 * (1 - received / expected) if expected else None,
         "received_of_delivered_pct": 100 * received / delivered if delivered else None,
         "server_dropped": hold_end.dropped - hold_start.dropped,
-        "udp_receive_drops": udp_drops,
+        "udp_receive_drops": udp_drops[0],
+        "udp_drops_at_server": udp_drops[1],
+        "udp_drops_at_viewers": udp_drops[2],
+        "server_loop_waiting_pct": 100 * waited / seconds,
         "duplicates": sum(r["duplicates"] for r in reports),
         "reordered": sum(r["reordered"] for r in reports),
         "connected": len(connected),
@@ -624,6 +685,7 @@ def summarize(
         "publisher_cpu_cores": publisher_cpu / seconds,
         "publisher_late_max_ms": stopped.get("late_max_ms"),
         "publisher_keyframes": stopped.get("keyframes"),
+        "publisher_resent": stopped.get("resent"),
         "joined_events": joined,
     }
 
@@ -714,10 +776,17 @@ ROWS: list[tuple[str, Callable[[list[dict[str, Any]]], str]]] = [
     ("packets delivered / s", lambda r: _f(median(r, "delivered_per_s"), 0)),
     ("server CPU µs / delivered packet", lambda r: _f(median(r, "server_us_per_packet"))),
     ("server CPU (cores, hold)", lambda r: _f(median(r, "server_cpu_cores"), 2)),
+    (
+        "  its loop waiting for a CPU (% of the hold)",
+        lambda r: _f(median(r, "server_loop_waiting_pct")),
+    ),
     ("loss % (sequence gaps)", lambda r: _f(median(r, "loss_pct"), 2)),
     (
-        "  server drops / kernel UDP drops",
-        lambda r: _pair(r, "server_dropped", "udp_receive_drops"),
+        "  dropped: by server / kernel at server / at viewers",
+        lambda r: (
+            _pair(r, "server_dropped", "udp_drops_at_server")
+            + f" / {_f(median(r, 'udp_drops_at_viewers'), 0)}"
+        ),
     ),
     ("viewers connected", lambda r: _of(r, "connected")),
     ("  receiving at the end", lambda r: _of(r, "receiving_at_end")),

@@ -15,7 +15,8 @@ A keyframe request (PLI or FIR from the server) is answered on the next frame wi
 encoded beforehand: the stream is then not decodable as one (the next frames were encoded
 against another picture), which no one here does; packet sizes, timing and the VP8 payload
 descriptors (start bit, keyframe bit, picture id) are real. Without requests, the stream has
-one keyframe, the first frame (as a browser's would).
+one keyframe, the first frame (as a browser's would). NACKs are answered from a cache of the
+last packets, on the RTX stream, as browsers do.
 
 Prints ``{"event": "publishing"}`` once both tracks are sending; ``stop`` (or EOF) on stdin
 ends the session (DELETE) and prints ``{"event": "stopped", ...}``.
@@ -33,6 +34,7 @@ import random
 import struct
 import sys
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +43,7 @@ import av
 from aiortc import RTCRtpSender, RTCSessionDescription
 from av import VideoFrame
 
+from bench.viewers import stdin
 from golive.logs import configure_logging
 from golive.media import hooks
 from golive.media.hooks import ForwardingPeerConnection, ForwardingSender
@@ -50,6 +53,7 @@ LOOP_FRAMES = 300  # 10 s of video, sent over and over
 PAYLOAD_MAX = 1300  # VP8 payload (descriptor included) per packet, as aiortc's packetizer
 AUDIO_FRAME = 960  # 20 ms at 48 kHz
 SENDER_REPORT_INTERVAL = 1.0
+RESEND_CACHE = 512  # packets kept per track for NACKs (2 s of 2 Mbit/s video)
 _RTP = struct.Struct("!BBHII")
 _NTP_EPOCH = 2208988800
 
@@ -154,6 +158,11 @@ class Track:
     ts_base: int = field(default_factory=lambda: random.randrange(0x100000000))  # noqa: S311
     packets: int = 0
     dropped: int = 0
+    resent: int = 0
+    sent: OrderedDict[int, bytes] = field(default_factory=OrderedDict)  # for NACKs
+
+    def __post_init__(self) -> None:
+        self.sender.on_nack = self.resend
 
     def send(self, payload: bytes, ts: int, *, marker: bool) -> None:
         codec = self.sender.codec
@@ -166,11 +175,23 @@ class Track:
             (self.ts_base + ts) & 0xFFFFFFFF,
             self.sender.ssrc,
         )
+        packet = header + payload
+        self.sent[self.seq] = packet
+        if len(self.sent) > RESEND_CACHE:
+            self.sent.popitem(last=False)
         self.seq = (self.seq + 1) & 0xFFFF
-        if self.sender.send_rtp(header + payload) is hooks.Delivery.SENT:
+        if self.sender.send_rtp(packet) is hooks.Delivery.SENT:
             self.packets += 1
         else:
             self.dropped += 1
+
+    def resend(self, lost: list[int]) -> None:
+        """Answer a NACK as a browser does: each packet still cached, once, on the RTX
+        stream (or as it was when no RTX was negotiated)."""
+        for seq in dict.fromkeys(number & 0xFFFF for number in lost):
+            packet = self.sent.get(seq)
+            if packet is not None and self.sender.send_rtx(packet) is hooks.Delivery.SENT:
+                self.resent += 1
 
     def report(self, media_time: float) -> None:
         ntp = int((time.time() + _NTP_EPOCH) * (1 << 32))
@@ -251,9 +272,12 @@ async def run(arguments: argparse.Namespace) -> None:
     pc = ForwardingPeerConnection()
     video_transceiver = pc.addTransceiver("video", direction="sendonly")
     audio_transceiver = pc.addTransceiver("audio", direction="sendonly")
-    for transceiver, mime in ((video_transceiver, "video/vp8"), (audio_transceiver, "audio/opus")):
+    for transceiver, names in (
+        (video_transceiver, ("video/vp8", "video/rtx")),
+        (audio_transceiver, ("audio/opus",)),
+    ):
         codecs = RTCRtpSender.getCapabilities(transceiver.kind).codecs
-        transceiver.setCodecPreferences([c for c in codecs if c.mimeType.lower() == mime])
+        transceiver.setCodecPreferences([c for c in codecs if c.mimeType.lower() in names])
     ready: dict[str, asyncio.Future[ForwardingSender]] = {}
     loop = asyncio.get_running_loop()
     for transceiver in (video_transceiver, audio_transceiver):
@@ -284,7 +308,7 @@ async def run(arguments: argparse.Namespace) -> None:
             ),
             flush=True,
         )
-        await asyncio.to_thread(sys.stdin.readline)  # "stop", or EOF
+        await (await stdin()).readline()  # "stop", or EOF
         sending.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sending
@@ -303,6 +327,7 @@ async def run(arguments: argparse.Namespace) -> None:
                 "audio_packets": stats.audio,
                 "packets": video.packets + audio.packets,
                 "dropped": video.dropped + audio.dropped,
+                "resent": video.resent,
                 "late_p99_ms": late[int(len(late) * 0.99)] * 1e3 if late else None,
                 "late_max_ms": late[-1] * 1e3 if late else None,
             }

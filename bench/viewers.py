@@ -384,9 +384,18 @@ async def sampler(viewers: list[LoadViewer], active: asyncio.Event) -> None:
                 viewer.sample_delay()
 
 
-async def commands() -> str:
-    line = await asyncio.to_thread(sys.stdin.readline)
-    return line.strip() or "close"  # EOF: the driver is gone
+async def stdin() -> asyncio.StreamReader:
+    """The driver's commands, read by the loop (a thread blocked in ``readline`` would keep
+    the process alive after the loop ends)."""
+    reader = asyncio.StreamReader()
+    loop = asyncio.get_running_loop()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    return reader
+
+
+async def command(reader: asyncio.StreamReader) -> str:
+    """The next command; ``close`` at EOF (the driver is gone)."""
+    return (await reader.readline()).decode().strip() or "close"
 
 
 async def run(arguments: argparse.Namespace) -> None:
@@ -401,9 +410,10 @@ async def run(arguments: argparse.Namespace) -> None:
     sockets = Sockets(loop)
     holding = asyncio.Event()
     sampling = asyncio.ensure_future(sampler(viewers, holding))
+    commands = await stdin()
     emit("ready")  # imports done: the driver sends the joins' start time
-    command, _, start = (await commands()).partition(" ")
-    if command != "start":
+    first, _, start = (await command(commands)).partition(" ")
+    if first != "start":
         return
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
@@ -426,13 +436,13 @@ async def run(arguments: argparse.Namespace) -> None:
         )
         hold = [0.0, 0.0]
         while True:
-            command = await commands()
-            if command == "hold":
+            order = await command(commands)
+            if order == "hold":
                 for viewer in viewers:
                     viewer.hold_start = viewer.snapshot()
                 hold[0] = time.perf_counter()
                 holding.set()
-            elif command == "end":
+            elif order == "end":
                 hold[1] = time.perf_counter()
                 holding.clear()
                 report = results(viewers, (hold[0], hold[1]), arguments.span)
