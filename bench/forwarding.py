@@ -74,7 +74,8 @@ Figures, per size the median of ``BENCH_RUNS`` (3) runs:
 
 Knobs (environment): ``BENCH_SIZES`` (default ``100,250,1000:300``: viewers, ``:kbit/s`` of
 video when not 2000), ``BENCH_RUNS`` (3), ``BENCH_HOLD`` (15 s), ``BENCH_JOIN_RATE`` (25
-joins/s), ``BENCH_LOAD_PROCS`` (automatic), ``BENCH_JSON`` (write every run and the medians
+joins/s), ``BENCH_LOAD_PROCS`` (automatic), ``BENCH_SERVER_LOG_LEVEL`` (``warning``; the
+server's log is kept when a run goes wrong), ``BENCH_JSON`` (write every run and the medians
 to this file), ``BENCH_PROFILE`` (a directory, or ``1`` for ``bench-profiles``: one extra run
 per size with ``py-spy record`` on the server during the hold; its figures are not counted;
 the summary of the server's hottest functions is printed and the raw collapsed stacks kept,
@@ -408,7 +409,7 @@ def server_env(port: int) -> dict[str, str]:
         "HTTP_ADDR": f"127.0.0.1:{port}",
         "ICE_HOST_ADDRESSES": "127.0.0.1",
         "STUN_URLS": ",",
-        "LOG_LEVEL": "warning",
+        "LOG_LEVEL": os.environ.get("BENCH_SERVER_LOG_LEVEL", "warning"),
         # lift every cap: measure forwarding and joins, not admission control
         "MAX_PENDING_NEGOTIATIONS": "0",
         "MAX_SESSIONS": "0",
@@ -516,6 +517,8 @@ async def run_once(  # noqa: PLR0915  one run, step by step, reads best in one p
     hold_start = await counters(base, room, server)
     for loader in loaders:
         loader.send("hold")
+    publisher.send("count")
+    sent_start = (await publisher.event("count", 10))["packets"]
     spy = None
     if profile is not None:
         spy = await profile_server(processes, server.pid, profile / f"server-{size.viewers}.txt")
@@ -523,6 +526,9 @@ async def run_once(  # noqa: PLR0915  one run, step by step, reads best in one p
     hold_end = await counters(base, room, server)
     for loader in loaders:
         loader.send("end")
+    publisher.send("count")
+    sent = (await publisher.event("count", 10))["packets"] - sent_start
+    alive = await asyncio.to_thread(room_live, base, room)
     drops = udp_receive_drops() - drops
     waited = run_queue_seconds(server.pid) - waited
     socket_drops_end = udp_socket_drops()
@@ -571,6 +577,8 @@ async def run_once(  # noqa: PLR0915  one run, step by step, reads best in one p
         publisher_cpu=publisher_cpu,
         udp_drops=(drops, server_drops, viewer_drops),
         waited=waited,
+        sent=sent,
+        alive=alive,
     )
 
 
@@ -607,24 +615,34 @@ def summarize(
     publisher_cpu: float,
     udp_drops: tuple[int, int, int],
     waited: float,
+    sent: int,
+    alive: bool,
 ) -> dict[str, Any]:
     """One run's figures (see the module's docstring for what each is)."""
     viewers = [v for report in reports for v in report["viewers"]]
     hold_start, hold_end = hold
     seconds = hold_end.at - hold_start.at
     cpu = hold_end.cpu - hold_start.cpu
-    delivered = hold_end.delivered - hold_start.delivered
-    received = sum(r["received"] for r in reports)
-    expected = sum(r["expected"] for r in reports)
+    # (a room that ended takes its counter with it: nothing can be said per packet then)
+    delivered = hold_end.delivered - hold_start.delivered if alive else 0.0
     connected = [v for v in viewers if v["to_rtp_ms"] is not None]
+    received = sum(v["received"] for v in connected)
+    # A viewer still receiving at the end: what its sequence numbers say it missed. One that
+    # stopped receiving (or never started) missed, besides, whatever the publisher sent
+    # after: expected, at least, every packet the publisher sent during the hold.
+    expected = sum(
+        v["expected"] if v["receiving_at_end"] else max(v["expected"], sent) for v in connected
+    )
     to_rtp = [v["to_rtp_ms"] for v in connected]
     to_keyframe = [v["to_keyframe_ms"] for v in viewers if v["to_keyframe_ms"] is not None]
     delays = [v["delay_growth_ms"] for v in viewers if v["delay_growth_ms"] is not None]
     posted = sorted(v["posted"] for v in viewers if v["posted"])
     join_start, join_end = counters["join"]
-    per_packet = (cpu - base_rate * seconds) / delivered if delivered else math.nan
+    per_packet = (cpu - base_rate * seconds) / delivered if delivered > 0 else None
     join_cpu = (
-        join_end.cpu
+        None
+        if per_packet is None
+        else join_end.cpu
         - join_start.cpu
         - base_rate * (join_end.at - join_start.at)
         - per_packet * (join_end.delivered - join_start.delivered)
@@ -638,8 +656,8 @@ def summarize(
         "load_processes": loaders,
         "hold_s": seconds,
         "server_cpu_cores": cpu / seconds,
-        "server_us_per_packet": cpu / delivered * 1e6 if delivered else None,
-        "server_marginal_us_per_packet": per_packet * 1e6 if delivered else None,
+        "server_us_per_packet": cpu / delivered * 1e6 if delivered > 0 else None,
+        "server_marginal_us_per_packet": None if per_packet is None else per_packet * 1e6,
         "server_base_cores": base_rate,
         "delivered_per_s": delivered / seconds,
         "received_mbps_per_viewer": (
@@ -648,7 +666,7 @@ def summarize(
             else None
         ),
         "loss_pct": 100 * (1 - received / expected) if expected else None,
-        "received_of_delivered_pct": 100 * received / delivered if delivered else None,
+        "received_of_delivered_pct": 100 * received / delivered if delivered > 0 else None,
         "server_dropped": hold_end.dropped - hold_start.dropped,
         "udp_receive_drops": udp_drops[0],
         "udp_drops_at_server": udp_drops[1],
@@ -660,6 +678,9 @@ def summarize(
         "receiving_at_end": sum(1 for v in viewers if v["receiving_at_end"]),
         "first_video_is_keyframe": sum(1 for v in viewers if v["first_video_is_keyframe"]),
         "errors": dict(errors.most_common(5)),
+        "room_alive_at_end": alive,
+        "publisher_sent": sent,
+        "publisher_connection": stopped.get("connection"),
         "join_rate": (len(posted) - 1) / (posted[-1] - posted[0]) if len(posted) > 1 else None,
         "join_phase_s": join_end.at - join_start.at,
         "to_answer_p50_ms": percentile([v["to_answer_ms"] for v in connected], 0.5),
@@ -667,7 +688,9 @@ def summarize(
         "to_rtp_p99_ms": percentile(to_rtp, 0.99),
         "to_keyframe_p50_ms": percentile(to_keyframe, 0.5),
         "to_keyframe_p99_ms": percentile(to_keyframe, 0.99),
-        "cpu_per_join_ms": join_cpu / len(connected) * 1e3 if connected else None,
+        "cpu_per_join_ms": (
+            join_cpu / len(connected) * 1e3 if connected and join_cpu is not None else None
+        ),
         "rss_idle_mib": memory["rss_idle"],
         "rss_publisher_mib": memory["rss_publisher"],
         "rss_at_n_mib": rss_at_n,
@@ -710,6 +733,8 @@ async def profile_server(processes: Processes, pid: int, output: Path) -> Child:
         seconds,
         "--rate",
         "100",
+        "--idle",
+        "--nonblocking",
         "--format",
         "raw",
         "--output",
@@ -719,9 +744,12 @@ async def profile_server(processes: Processes, pid: int, output: Path) -> Child:
     )
 
 
-def profile_summary(path: Path, top: int = 15) -> list[str]:
-    """The hottest functions of a py-spy raw (collapsed) profile: by own samples (the frame on
-    top of the stack) and by inclusive samples (anywhere in the stack)."""
+def profile_summary(path: Path, top: int = 20) -> list[str]:
+    """The event loop's hottest functions in a py-spy raw (collapsed) profile taken with
+    ``--idle``: only the main thread's stacks (golive's event loop; the actors' threads sleep
+    on their inboxes), by own samples (the frame on top of the stack: where the time went)
+    and by inclusive samples (anywhere in the stack). Shares are of the loop thread's wall
+    time: what ``select`` holds is the loop waiting for something to do."""
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     total = 0
@@ -729,17 +757,20 @@ def profile_summary(path: Path, top: int = 15) -> list[str]:
         stack, _, number = line.rpartition(" ")
         if not stack or not number.isdigit():
             continue
-        samples = int(number)
-        total += samples
         frames = [_function(frame) for frame in stack.split(";")]
         frames = [f for f in frames if f]
-        if frames:
-            own[frames[-1]] += samples
+        if not frames or not frames[0].startswith("_run_module_as_main"):
+            continue  # another thread than the loop's
+        samples = int(number)
+        total += samples
+        own[frames[-1]] += samples
         for frame in set(frames):
             inclusive[frame] += samples
     if not total:
-        return ["(no samples)"]
-    lines = [f"{total} samples; own time (top of the stack):"]
+        return ["(no samples of the event loop's thread)"]
+    idle = sum(n for name, n in own.items() if name.split(" (")[0].endswith(".select"))
+    busy = 100 * (total - idle) / total
+    lines = [f"{total} samples of the event loop's thread, {busy:.0f} % busy; own time:"]
     lines += [f"  {100 * n / total:5.1f} %  {name}" for name, n in own.most_common(top)]
     lines.append("inclusive time (anywhere in the stack):")
     lines += [f"  {100 * n / total:5.1f} %  {name}" for name, n in inclusive.most_common(top)]
@@ -789,6 +820,10 @@ ROWS: list[tuple[str, Callable[[list[dict[str, Any]]], str]]] = [
         ),
     ),
     ("viewers connected", lambda r: _of(r, "connected")),
+    (
+        "  room still live at the end (runs)",
+        lambda r: f"{sum(1 for run in r if run['room_alive_at_end'])} / {len(r)}",
+    ),
     ("  receiving at the end", lambda r: _of(r, "receiving_at_end")),
     ("  first video packet a keyframe", lambda r: _of(r, "first_video_is_keyframe")),
     ("joins / s (achieved)", lambda r: _f(median(r, "join_rate"))),
@@ -847,6 +882,11 @@ def run_lines(run: dict[str, Any]) -> Iterator[str]:
     )
     if run["errors"]:
         yield f"    failures: {run['errors']}"
+    if not run["room_alive_at_end"]:
+        yield (
+            "    the room ended during the hold (the publisher's connection: "
+            f"{run['publisher_connection']}): no figure per delivered packet"
+        )
 
 
 async def bench(processes: Processes) -> None:
@@ -863,12 +903,14 @@ async def bench(processes: Processes) -> None:
         flush=True,
     )
     results: dict[Size, list[dict[str, Any]]] = {}
+    keep = False  # the children's logs, when a run went wrong
     try:
         for size in sizes:
             results[size] = []
             for _ in range(RUNS):
                 run = await run_once(size, processes)
                 results[size].append(run)
+                keep = keep or bool(run["errors"]) or not run["room_alive_at_end"]
                 for line in run_lines(run):
                     print(f"{size.label}{line}", flush=True)
             if profile is not None:
@@ -881,8 +923,9 @@ async def bench(processes: Processes) -> None:
         raise
     finally:
         await processes.stop_all()
-    print()
-    print(table(results))
+    if any(results.values()):
+        print()
+        print(table(results))
     output = os.environ.get("BENCH_JSON")
     if output:
         document = {
@@ -904,7 +947,10 @@ async def bench(processes: Processes) -> None:
         }
         await asyncio.to_thread(Path(output).write_text, json.dumps(document, indent=1))
         print(f"\nwritten: {output}")
-    shutil.rmtree(processes.directory, ignore_errors=True)
+    if keep:
+        print(f"\nlogs of the runs: {processes.directory}")
+    else:
+        shutil.rmtree(processes.directory, ignore_errors=True)
 
 
 def main() -> None:

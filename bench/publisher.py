@@ -18,8 +18,10 @@ descriptors (start bit, keyframe bit, picture id) are real. Without requests, th
 one keyframe, the first frame (as a browser's would). NACKs are answered from a cache of the
 last packets, on the RTX stream, as browsers do.
 
-Prints ``{"event": "publishing"}`` once both tracks are sending; ``stop`` (or EOF) on stdin
-ends the session (DELETE) and prints ``{"event": "stopped", ...}``.
+Prints ``{"event": "publishing"}`` once both tracks are sending; then, on stdin, ``count``
+prints ``{"event": "count", "packets": ...}`` (RTP packets sent so far, retransmissions
+apart), and ``stop`` (or EOF) ends the session (DELETE) and prints ``{"event": "stopped",
+...}``.
 """
 
 from __future__ import annotations
@@ -308,7 +310,11 @@ async def run(arguments: argparse.Namespace) -> None:
             ),
             flush=True,
         )
-        await (await stdin()).readline()  # "stop", or EOF
+        commands = await stdin()
+        while (await commands.readline()).strip() == b"count":
+            sent = video.packets + audio.packets
+            print(json.dumps({"event": "count", "packets": sent}), flush=True)
+        # "stop", or EOF
         sending.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sending
@@ -316,6 +322,7 @@ async def run(arguments: argparse.Namespace) -> None:
             with contextlib.suppress(aiohttp.ClientError, OSError):
                 async with http.delete(f"{arguments.base}{location}") as response:
                     await response.read()
+    state = pc.connectionState  # "connected", unless the server ended the session
     await pc.close()
     late = sorted(stats.late)
     print(
@@ -328,6 +335,7 @@ async def run(arguments: argparse.Namespace) -> None:
                 "packets": video.packets + audio.packets,
                 "dropped": video.dropped + audio.dropped,
                 "resent": video.resent,
+                "connection": state,
                 "late_p99_ms": late[int(len(late) * 0.99)] * 1e3 if late else None,
                 "late_max_ms": late[-1] * 1e3 if late else None,
             }
