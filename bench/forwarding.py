@@ -86,6 +86,7 @@ bench.forwarding``.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import ctypes
@@ -166,10 +167,15 @@ def _child_setup() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU of a process (all its threads) so far, seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process (all its threads) so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return sum(cpu_times(pid))
 
 
 def memory_mib(pid: int) -> tuple[float, float]:
@@ -347,13 +353,18 @@ class Counters:
 
     at: float
     cpu: float
+    system: float  # of which in the kernel (sendto, recvfrom, epoll...)
     delivered: float  # live_rtp_packets_total{room}
     dropped: float  # golive_rtp_packets_dropped_total, every reason
 
 
 async def counters(base: str, room: str, server: Child) -> Counters:
     text = (await asyncio.to_thread(http_get, f"{base}/metrics")).decode()
-    at, cpu = time.monotonic(), server.cpu()
+    at = time.monotonic()
+    try:
+        user, system = cpu_times(server.pid)
+    except (OSError, IndexError):
+        user = system = math.nan
     delivered = dropped = 0.0
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -361,7 +372,7 @@ async def counters(base: str, room: str, server: Child) -> Counters:
                 delivered += sample.value
             elif sample.name == "golive_rtp_packets_dropped_total":
                 dropped += sample.value
-    return Counters(at, cpu, delivered, dropped)
+    return Counters(at, user + system, system, delivered, dropped)
 
 
 async def wait_for(check: Callable[[], bool], within: float, what: str) -> None:
@@ -628,8 +639,8 @@ def summarize(
     connected = [v for v in viewers if v["to_rtp_ms"] is not None]
     received = sum(v["received"] for v in connected)
     # A viewer still receiving at the end: what its sequence numbers say it missed. One that
-    # stopped receiving (or never started) missed, besides, whatever the publisher sent
-    # after: expected, at least, every packet the publisher sent during the hold.
+    # stopped receiving (the room ended, say) missed, besides, whatever the publisher made
+    # after: expected, at least, every packet the publisher made during the hold.
     expected = sum(
         v["expected"] if v["receiving_at_end"] else max(v["expected"], sent) for v in connected
     )
@@ -656,6 +667,7 @@ def summarize(
         "load_processes": loaders,
         "hold_s": seconds,
         "server_cpu_cores": cpu / seconds,
+        "server_system_pct": 100 * (hold_end.system - hold_start.system) / cpu if cpu else None,
         "server_us_per_packet": cpu / delivered * 1e6 if delivered > 0 else None,
         "server_marginal_us_per_packet": None if per_packet is None else per_packet * 1e6,
         "server_base_cores": base_rate,
@@ -807,6 +819,7 @@ ROWS: list[tuple[str, Callable[[list[dict[str, Any]]], str]]] = [
     ("packets delivered / s", lambda r: _f(median(r, "delivered_per_s"), 0)),
     ("server CPU µs / delivered packet", lambda r: _f(median(r, "server_us_per_packet"))),
     ("server CPU (cores, hold)", lambda r: _f(median(r, "server_cpu_cores"), 2)),
+    ("  of which in the kernel (%)", lambda r: _f(median(r, "server_system_pct"), 0)),
     (
         "  its loop waiting for a CPU (% of the hold)",
         lambda r: _f(median(r, "server_loop_waiting_pct")),
@@ -858,6 +871,19 @@ def _pair(runs: list[dict[str, Any]], first: str, second: str, digits: int = 0) 
 
 def _of(runs: list[dict[str, Any]], key: str) -> str:
     return f"{_f(median(runs, key), 0)} / {runs[0]['viewers']}" if runs else "-"
+
+
+NOTES = """\
+How (python -m bench.forwarding --help has it all): CPU from /proc/PID/stat over the hold,
+divided by the packets the server delivered (live_rtp_packets_total). Loss from the viewers'
+sequence numbers (a viewer that stopped receiving: from what the publisher sent). First RTP
+and first keyframe: kernel receive time at the viewer's socket minus the time its POST went
+out; the keyframe found by decrypting the viewer's video until one starts a VP8 keyframe, and
+nothing after. CPU per join: the server's CPU during the join phase, less the CPU rate with
+the publisher alone and the marginal CPU of each packet delivered meanwhile (from the hold),
+per join; unreliable where the server is saturated (loss). RSS per viewer: (mean RSS over the
+hold - RSS with the publisher alone) / viewers. Growth: last 5 s minus first 5 s of the hold
+(delay: arrival time minus RTP time of each viewer's newest audio packet, sampled each second)."""
 
 
 def table(results: dict[Size, list[dict[str, Any]]]) -> str:
@@ -926,6 +952,8 @@ async def bench(processes: Processes) -> None:
     if any(results.values()):
         print()
         print(table(results))
+        print()
+        print(NOTES)
     output = os.environ.get("BENCH_JSON")
     if output:
         document = {
@@ -956,6 +984,9 @@ async def bench(processes: Processes) -> None:
 def main() -> None:
     from golive.logs import configure_logging  # noqa: PLC0415  only when run
 
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()  # (--help; the knobs are environment variables)
     configure_logging("warning", "json", stream=sys.stderr)
     processes = Processes()
     try:

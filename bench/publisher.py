@@ -19,9 +19,9 @@ one keyframe, the first frame (as a browser's would). NACKs are answered from a 
 last packets, on the RTX stream, as browsers do.
 
 Prints ``{"event": "publishing"}`` once both tracks are sending; then, on stdin, ``count``
-prints ``{"event": "count", "packets": ...}`` (RTP packets sent so far, retransmissions
-apart), and ``stop`` (or EOF) ends the session (DELETE) and prints ``{"event": "stopped",
-...}``.
+prints ``{"event": "count", "packets": ...}`` (RTP packets made so far, whether they could
+be sent or not, retransmissions apart), and ``stop`` (or EOF) ends the session (DELETE) and
+prints ``{"event": "stopped", ...}``.
 """
 
 from __future__ import annotations
@@ -312,7 +312,8 @@ async def run(arguments: argparse.Namespace) -> None:
         )
         commands = await stdin()
         while (await commands.readline()).strip() == b"count":
-            sent = video.packets + audio.packets
+            # every packet made, sent or not (not: the session ended, or the socket was full)
+            sent = video.packets + video.dropped + audio.packets + audio.dropped
             print(json.dumps({"event": "count", "packets": sent}), flush=True)
         # "stop", or EOF
         sending.cancel()
