@@ -42,7 +42,11 @@ class StreamCount:
     ``0x10000 + seq``, so that a packet reordered before it stays positive); each packet is
     placed against the highest seen so far (the nearer way round the 16-bit circle, as
     RFC 3550's algorithm does). A packet not newer than the highest is a reordered one, or a
-    duplicate if its sequence number was seen (within :data:`WINDOW`)."""
+    duplicate if its sequence number was seen (within :data:`WINDOW`).
+
+    :meth:`mark` opens a window of sequence numbers: the packets after the highest one at
+    that moment. What is received and expected in it says what was lost since, whatever
+    arrives late from before it (a retransmission filling an older gap is not counted)."""
 
     __slots__ = (
         "_seen",
@@ -56,6 +60,8 @@ class StreamCount:
         "received",
         "reordered",
         "too_late",
+        "window_from",
+        "window_received",
     )
 
     def __init__(self) -> None:
@@ -70,6 +76,8 @@ class StreamCount:
         self.last_arrival = 0.0  # arrival of the newest packet (highest sequence number)
         self.last: bytes = b""  # the newest packet itself (its timestamp, for the delay)
         self._seen = array("q", [_NONE]) * WINDOW  # extended sequence number by slot
+        self.window_from = _NONE  # the highest at mark(): the window is what comes after
+        self.window_received = 0  # distinct packets received in the window
 
     def add(self, data: bytes, now: float) -> None:
         """One RTP datagram (at least 12 bytes) that arrived at ``now``."""
@@ -81,6 +89,7 @@ class StreamCount:
             self.base = self.highest = ext
             self._seen[ext & _MASK] = ext
             self.received = 1
+            self.window_received += 1  # (a stream that starts after mark(): all in it)
             self.first_arrival = self.last_arrival = now
             self.last = data
             return
@@ -90,6 +99,7 @@ class StreamCount:
             self._seen[ext & _MASK] = ext
             self.highest = ext
             self.received += 1
+            self.window_received += 1
             self.last_arrival = now
             self.last = data
             return
@@ -105,6 +115,20 @@ class StreamCount:
         self.received += 1
         self.reordered += 1
         self.base = min(self.base, ext)
+        if ext > self.window_from:
+            self.window_received += 1
+
+    def mark(self) -> None:
+        """Open the window: count from the packet after the highest so far."""
+        self.window_from = self.highest
+        self.window_received = 0
+
+    @property
+    def window_expected(self) -> int:
+        """Packets in the window, up to the highest (all, for a stream that started in it)."""
+        if self.highest == _NONE:
+            return 0
+        return self.highest - (self.base - 1 if self.window_from == _NONE else self.window_from)
 
     @property
     def expected(self) -> int:

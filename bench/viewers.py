@@ -26,7 +26,7 @@ Talks to the driver in JSON lines on stdout, commands on stdin: prints ``{"event
 once imported; reads ``start T`` (``time.monotonic()`` of the first join: viewer ``i`` of the
 whole audience POSTs at ``T + i / rate``, in whichever process); prints ``{"event":
 "joined"}`` once every viewer has its first keyframe (or failed, or the join deadline
-passed); then reads ``hold`` (counters snapshot, delay sampling starts), ``end`` (snapshot;
+passed); then reads ``hold`` (counting windows open, delay sampling starts), ``end`` (counts;
 results written to ``--out``; prints ``{"event": "done"}``) and ``close`` (every peer
 connection closed, exit).
 """
@@ -187,7 +187,7 @@ class LoadViewer:
     dtls: Any = None
     seeking: bool = True  # still looking for the first keyframe
     pending: list[tuple[bytes, float]] = field(default_factory=list)
-    hold_start: dict[bytes, tuple[int, int, int]] = field(default_factory=dict)
+    hold_bytes: dict[bytes, int] = field(default_factory=dict)  # per SSRC, at the hold's start
 
     @property
     def settled(self) -> bool:
@@ -261,8 +261,11 @@ class LoadViewer:
         if self.decrypted >= DECRYPT_LIMIT:
             self.seeking = False
 
-    def snapshot(self) -> dict[bytes, tuple[int, int, int]]:
-        return {ssrc: (s.received, s.expected, s.bytes) for ssrc, s in self.streams.items()}
+    def hold(self) -> None:
+        """The hold starts: count from here (see StreamCount.mark)."""
+        for ssrc, stream in self.streams.items():
+            stream.mark()
+            self.hold_bytes[ssrc] = stream.bytes
 
     def sample_delay(self) -> None:
         audio = self.audio
@@ -325,17 +328,16 @@ def percentile(values: list[float], fraction: float) -> float | None:
 
 
 def results(viewers: list[LoadViewer], hold: tuple[float, float], span: float) -> dict[str, Any]:
-    """What the driver needs, per viewer and in sums (hold window: from the hold snapshot)."""
+    """What the driver needs, per viewer and in sums (over the hold: see StreamCount.mark)."""
     per_viewer = []
     received = expected = duplicates = reordered = too_late = datagram_bytes = rtcp = 0
     for viewer in viewers:
         v_received = v_expected = 0
         for ssrc, stream in viewer.streams.items():
-            before = viewer.hold_start.get(ssrc, (0, 0, 0))
-            v_received += stream.received - before[0]
             # (a stream first seen during the hold: expected from its first packet)
-            v_expected += stream.expected - before[1]
-            datagram_bytes += stream.bytes - before[2]
+            v_received += stream.window_received
+            v_expected += stream.window_expected
+            datagram_bytes += stream.bytes - viewer.hold_bytes.get(ssrc, 0)
             duplicates += stream.duplicates
             reordered += stream.reordered
             too_late += stream.too_late
@@ -439,7 +441,7 @@ async def run(arguments: argparse.Namespace) -> None:
             order = await command(commands)
             if order == "hold":
                 for viewer in viewers:
-                    viewer.hold_start = viewer.snapshot()
+                    viewer.hold()
                 hold[0] = time.perf_counter()
                 holding.set()
             elif order == "end":

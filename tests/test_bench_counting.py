@@ -83,6 +83,35 @@ def test_packets_too_far_behind_are_counted_apart() -> None:
     assert stream.received == WINDOW + 10
 
 
+def test_a_window_counts_only_what_comes_after_its_mark() -> None:
+    stream = counted(10, 11, 13, 14)  # 12 lost before the mark
+    stream.mark()
+    for seq in (12, 15, 17, 16, 18, 18):  # 12 late (a retransmission), 16 reordered
+        stream.add(rtp(seq), 9.0)
+    assert (stream.window_received, stream.window_expected) == (4, 4)  # 15..18
+    for seq in (20, 21):  # 19 lost in the window
+        stream.add(rtp(seq), 9.0)
+    assert (stream.window_received, stream.window_expected) == (6, 7)
+    assert (stream.received, stream.expected, stream.lost) == (11, 12, 1)
+
+
+def test_a_window_across_the_wrap() -> None:
+    stream = counted(65530, 65531)
+    stream.mark()
+    for seq in (65532, 65533, 0, 1, 3):
+        stream.add(rtp(seq), 9.0)
+    assert (stream.window_received, stream.window_expected) == (5, 8)  # 65534, 65535, 2 lost
+
+
+def test_a_stream_that_starts_after_the_mark_is_all_in_the_window() -> None:
+    stream = StreamCount()
+    stream.mark()
+    assert (stream.window_received, stream.window_expected) == (0, 0)
+    for seq in (100, 102, 101, 104):
+        stream.add(rtp(seq), 9.0)
+    assert (stream.window_received, stream.window_expected) == (4, 5)
+
+
 def test_the_newest_packet_and_its_arrival_are_kept() -> None:
     stream = StreamCount()
     stream.add(rtp(5, ts=1000), 1.0)
