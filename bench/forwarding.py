@@ -710,6 +710,9 @@ def summarize(
             (rss_at_n - memory["rss_publisher"]) / len(connected) if connected else None
         ),
         "rss_growth_mib": growth(rss_hold, min(GROWTH_SPAN, seconds / 3)),
+        "rss_hold_samples": [
+            (round(t - hold_start.at, 2), round(r, 2)) for t, r in rss_hold
+        ],  # (seconds into the hold, MiB)
         "pss_idle_mib": memory["pss_idle"],
         "pss_publisher_mib": memory["pss_publisher"],
         "pss_at_n_mib": memory["pss_hold"],
@@ -966,7 +969,7 @@ async def bench(processes: Processes) -> None:
                     "median": {
                         key: median(runs, key)
                         for key in runs[0]
-                        if isinstance(runs[0][key], int | float)
+                        if isinstance(runs[0][key], int | float | None)
                     },
                 }
                 for size, runs in results.items()
