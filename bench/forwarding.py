@@ -394,7 +394,7 @@ def healthy(base: str) -> bool:
 
 
 def room_live(base: str, room: str) -> bool:
-    rooms = json.loads(http_get(f"{base}/api/rooms"))
+    rooms = json.loads(http_get(f"{base}/api/rooms", 30.0))
     return any(r["name"] == room and r["hasPublisher"] and r["tracks"] >= 2 for r in rooms)
 
 
