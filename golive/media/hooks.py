@@ -731,9 +731,14 @@ class ForwardingSender(RTCRtpSender):
         if self.cname is not None:
             chunk = RtcpSourceInfo(ssrc=self.ssrc, items=[(1, self.cname.encode())])
             data += bytes(RtcpSdesPacket(chunks=[chunk]))
-        return self._send_rtcp_now(data)
+        return self._send_now(data, rtcp=True)
 
-    def _send_rtcp_now(self, data: bytes) -> bool:
+    def send_rtp(self, data: bytes) -> Delivery:
+        """Protect and send one RTP packet now through aiortc's SRTP session: for golive used
+        as a client (the bench's publisher). The server's packets go through the output."""
+        return Delivery.SENT if self._send_now(data, rtcp=False) else Delivery.NOT_READY
+
+    def _send_now(self, data: bytes, *, rtcp: bool) -> bool:
         if not self._golive_started:
             return False
         dtls = self.transport
@@ -747,7 +752,8 @@ class ForwardingSender(RTCRtpSender):
         backlog: int = udp.get_write_buffer_size()  # type: ignore[attr-defined]
         if backlog > SEND_BUFFER_LIMIT:
             return False
-        udp.sendto(dtls._tx_srtp.protect_rtcp(data), pair.remote_addr)
+        srtp = dtls._tx_srtp
+        udp.sendto(srtp.protect_rtcp(data) if rtcp else srtp.protect(data), pair.remote_addr)
         return True
 
 
