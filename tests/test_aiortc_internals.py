@@ -115,6 +115,26 @@ async def test_instance_names() -> None:
         await pc.close()
 
 
+def test_prompt_ice_completion_names() -> None:
+    """What PromptConnection relies on: aioice's connect() paces its rounds with a 20 ms
+    sleep, and _check_list_maybe_complete is where the check list is found complete."""
+    connection = aioice.ice.Connection
+    assert "asyncio.sleep(0.02)" in inspect.getsource(connection.connect), (
+        "aioice Connection.connect no longer paces with asyncio.sleep(0.02)"
+    )
+    assert "ICE_COMPLETED" in inspect.getsource(connection._check_list_maybe_complete), (
+        "aioice Connection._check_list_maybe_complete no longer completes the check list"
+    )
+    assert inspect.iscoroutinefunction(connection.close), "aioice Connection.close"
+
+
+def test_unused_receive_path_names() -> None:
+    """What ForwardingReceiver drops of aiortc's receiver (made in its __init__)."""
+    source = inspect.getsource(aiortc.rtcrtpreceiver.RTCRtpReceiver.__init__)
+    for name in ("__remote_bitrate_estimator", "__jitter_buffer", "__nack_generator"):
+        assert f"self.{name} =" in source, f"aiortc RTCRtpReceiver.{name} is gone"
+
+
 def test_candidate_pair_fast_path_names() -> None:
     pair = aioice.ice.CandidatePair
     assert "protocol" in inspect.signature(pair.__init__).parameters, "CandidatePair.protocol"

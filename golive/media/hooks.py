@@ -337,6 +337,59 @@ def _install_screen() -> None:
     stun_protocol.datagram_received = datagram_received  # type: ignore[method-assign]
 
 
+class PromptConnection(aioice.ice.Connection):
+    """aioice's ICE connection, whose ``connect()`` returns as soon as every component has a
+    nominated pair.
+
+    aioice starts checks from a loop that sleeps 20 ms (its pacing timer, Ta) between rounds
+    and looks at the check list only after each sleep: a check list completed just after a
+    round was seen up to 20 ms later, and DTLS started that much later, on both sides of every
+    session (at one join a second, about 20 of a viewer's 55 ms from POST to first RTP).
+    Here ``connect()`` returns when the check list completes too; aioice's loop ends by itself
+    at its next round (it cancels what checks remain and starts consent freshness, as it
+    always did), and :meth:`close` ends it first if it is still running then."""
+
+    def _golive_adopt(self) -> None:
+        self._golive_completed = asyncio.Event()
+        self._golive_checks: asyncio.Future[None] | None = None
+
+    def _check_list_maybe_complete(self) -> bool:
+        complete = bool(super()._check_list_maybe_complete())
+        if complete:
+            self._golive_completed.set()
+        return complete
+
+    async def connect(self) -> None:
+        checks = self._golive_checks = asyncio.ensure_future(super().connect())
+        completed = asyncio.ensure_future(self._golive_completed.wait())
+        try:
+            await asyncio.wait((checks, completed), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            checks.cancel()
+            raise
+        finally:
+            completed.cancel()
+        if checks.done():
+            checks.result()  # aioice's outcome: None, or its ConnectionError
+            return
+        checks.add_done_callback(_ended_quietly)
+
+    async def close(self) -> None:
+        checks = self._golive_checks
+        if checks is not None and self._golive_completed.is_set() and not checks.done():
+            checks.cancel()  # (before it could start consent checks on a closed connection)
+            with contextlib.suppress(asyncio.CancelledError):
+                await checks
+        await super().close()
+
+
+def _ended_quietly(task: asyncio.Future[None]) -> None:
+    """Collect the outcome of aioice's check loop once ``connect()`` has returned without it
+    (cancelled by a close, or done)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("ICE checks ended with an error after completing", error=repr(task.exception()))
+
+
 class GuardedIceTransport(RTCIceTransport):
     """aiortc's ICE transport, which skips remote candidates the server must not check
     (:meth:`MediaGuard.reachable`), whether they come in the offer or trickled."""
@@ -432,6 +485,12 @@ class ForwardingReceiver(RTCRtpReceiver):
     on_sender_report: Callable[[RtcpSrPacket], None] | None
 
     def _adopt(self, guard: MediaGuard) -> None:
+        # aiortc's receive path (bitrate estimate for REMB, jitter buffer, NACK generator) is
+        # never used: its estimator alone is 1 000 objects the garbage collector would scan
+        # in every full collection, for the session's whole life.
+        self._RTCRtpReceiver__remote_bitrate_estimator = None
+        self._RTCRtpReceiver__jitter_buffer = None
+        self._RTCRtpReceiver__nack_generator = None
         self.sink = None
         self.on_sender_report = None
         self._golive_guard = guard
@@ -793,7 +852,10 @@ class ForwardingPeerConnection(RTCPeerConnection):
         dtls.transport.__class__ = GuardedIceTransport
         dtls.transport._golive_guard = self._golive_guard
         # Marks the ICE connection as golive's, before it opens a socket: screen_datagram.
-        dtls.transport._connection.golive_guard = self._golive_guard
+        connection = dtls.transport._connection
+        connection.golive_guard = self._golive_guard
+        connection.__class__ = PromptConnection
+        connection._golive_adopt()
         return dtls
 
     def _RTCPeerConnection__createTransceiver(  # noqa: N802  overrides aiortc's private method
