@@ -21,6 +21,8 @@ apart) per join.
 the CPU figures are taken over (default 40). The server runs at nice ``BENCH_SERVER_NICE``
 (default -5, as root): on a shared two-core machine the load generator and other work would
 otherwise take the CPU it waits for, and the timelines would measure them.
+``BENCH_CLIENT_ICE=paced`` gives the viewers aiortc's own ICE (whose connect() returns only at
+its next 20 ms pacing round: an aiortc client's own delay, which browsers do not have).
 ``BENCH_SERVER_LOG=FILE`` keeps the server's log lines; ``BENCH_PROFILE=DIR`` records the
 server with py-spy during each run (collapsed stacks, every thread; only what holds the GIL
 with ``BENCH_PROFILE_GIL=1``).
@@ -49,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import aioice.ice
 from aiortc import RTCConfiguration, RTCSessionDescription
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
@@ -70,6 +73,7 @@ FPS = 30
 PAYLOAD = 1100  # bytes of VP8 payload per packet
 KEYFRAME_FACTOR = 4  # a keyframe is this many times an interframe
 OPUS_BYTES = 160  # 64 kbit/s in 20 ms packets
+PACED_CLIENT = os.environ.get("BENCH_CLIENT_ICE") == "paced"
 SERVER_NICE = int(os.environ.get("BENCH_SERVER_NICE", "-5"))
 NO_ICE_SERVERS = RTCConfiguration(iceServers=[])
 STORY = {
@@ -280,6 +284,8 @@ async def join(base: str, room: str, http: aiohttp.ClientSession) -> JoiningView
         receiver = pc.addTransceiver(kind, direction="recvonly").receiver
         assert isinstance(receiver, ForwardingReceiver)
         receiver.sink = viewer.sink
+        if PACED_CLIENT:  # aiortc's own ICE: connect() returns at a 20 ms pacing round
+            receiver.transport.transport._connection.__class__ = aioice.ice.Connection  # noqa: SLF001
     dtls = pc.getTransceivers()[0].receiver.transport
 
     @dtls.transport.on("statechange")
@@ -619,13 +625,15 @@ async def main() -> None:
         "LOG_FORMAT": "json",
         "MAX_PENDING_NEGOTIATIONS": "0",
     }
-    if os.environ.get("BENCH_SERVER_PATH"):  # A/B: the server's golive from another checkout
-        env["PYTHONPATH"] = os.environ["BENCH_SERVER_PATH"]
+    # A/B: the server's golive from another checkout (``-m`` looks in the working directory
+    # first, so the server runs there)
+    checkout = os.environ.get("BENCH_SERVER_PATH") or None
     server = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "golive",
         env=env,
+        cwd=checkout,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
