@@ -593,7 +593,7 @@ async def profile(pid: int, name: str) -> asyncio.subprocess.Process | None:
         "--pid",
         str(pid),
         "--rate",
-        "250",
+        os.environ.get("BENCH_PROFILE_RATE", "250"),
         "--threads",
         "--nonblocking",
         *(["--gil"] if os.environ.get("BENCH_PROFILE_GIL") else []),

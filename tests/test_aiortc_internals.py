@@ -128,11 +128,16 @@ def test_prompt_ice_completion_names() -> None:
     assert inspect.iscoroutinefunction(connection.close), "aioice Connection.close"
 
 
-def test_unused_receive_path_names() -> None:
-    """What ForwardingReceiver drops of aiortc's receiver (made in its __init__)."""
+def test_bitrate_estimator_names() -> None:
+    """What hooks.EstimatorOnFirstUse stands in for: the estimator every video receiver makes
+    in its __init__, fed only from aiortc's own _handle_rtp_packet."""
     source = inspect.getsource(aiortc.rtcrtpreceiver.RTCRtpReceiver.__init__)
-    for name in ("__remote_bitrate_estimator", "__jitter_buffer", "__nack_generator"):
-        assert f"self.{name} =" in source, f"aiortc RTCRtpReceiver.{name} is gone"
+    assert "RemoteBitrateEstimator()" in source, "RTCRtpReceiver no longer makes its estimator"
+    assert hasattr(aiortc.rtcrtpreceiver, "RemoteBitrateEstimator"), (
+        "aiortc.rtcrtpreceiver.RemoteBitrateEstimator"
+    )
+    handler = inspect.getsource(aiortc.rtcrtpreceiver.RTCRtpReceiver._handle_rtp_packet)
+    assert "self.__remote_bitrate_estimator.add(" in handler, "the estimator is fed otherwise"
 
 
 def test_candidate_pair_fast_path_names() -> None:

@@ -11,6 +11,8 @@ Process-wide changes, made once by :func:`install` (golive owns its process):
 - answers echo the offerer's payload types in 35-63 too (Chrome numbers AV1 there);
 - aiortc's codec table gains what is forwarded but never coded: the H.264 profiles browsers
   and OBS offer (aiortc lists only constrained baseline), VP9 and AV1;
+- aiortc's receivers make their bitrate estimator (1 000 objects) when they first use it,
+  not when they are made: golive's receivers never use it;
 - aioice's host address discovery returns ``ICE_HOST_ADDRESSES`` when set, and then
   includes 127.0.0.1 if asked (aioice always leaves loopback out);
 - aioice's ``StunProtocol.datagram_received`` screens what reaches golive's own connections
@@ -51,6 +53,7 @@ from aiortc import (
     RTCRtpSender,
 )
 from aiortc import codecs as aiortc_codecs
+from aiortc import rtcrtpreceiver as aiortc_receiver
 from aiortc import rtp as aiortc_rtp
 from aiortc.codecs import is_rtx
 from aiortc.rtcdtlstransport import State as DtlsState
@@ -177,6 +180,10 @@ def install(host_addresses: tuple[str, ...]) -> None:
     """Make aiortc and aioice fit for forwarding. Safe to call again (tests do)."""
     _extend_codecs()
     aiortc_rtp.DYNAMIC_PAYLOAD_TYPES = PAYLOAD_TYPES_TO_ECHO  # type: ignore[assignment]
+    estimator: Any = getattr(aiortc_receiver, "RemoteBitrateEstimator")  # noqa: B009  not re-exported
+    if estimator is not EstimatorOnFirstUse:
+        EstimatorOnFirstUse.made = estimator
+        setattr(aiortc_receiver, "RemoteBitrateEstimator", EstimatorOnFirstUse)  # noqa: B010  likewise
     _install_screen()
     original = getattr(aioice.ice.get_host_addresses, "golive_original", None)
     if original is None:
@@ -189,6 +196,24 @@ def install(host_addresses: tuple[str, ...]) -> None:
 
     host_addresses_for.golive_original = original  # type: ignore[attr-defined]
     aioice.ice.get_host_addresses = host_addresses_for
+
+
+class EstimatorOnFirstUse:
+    """Stands for aiortc's ``RemoteBitrateEstimator`` in every receiver aiortc makes, and makes
+    the real one when a packet is first fed to it: making it costs 1 000 small objects and
+    about half a millisecond of the loop per viewer, and golive's receivers never feed it
+    (aiortc's own, in a test's client, still do)."""
+
+    __slots__ = ("_estimator",)
+    made: Callable[[], Any]
+
+    def __init__(self) -> None:
+        self._estimator: Any = None
+
+    def add(self, **packet: Any) -> Any:
+        if self._estimator is None:
+            self._estimator = self.made()
+        return self._estimator.add(**packet)
 
 
 # -- hostile datagrams: screened before aiortc sees them ------------------------------------
@@ -485,12 +510,6 @@ class ForwardingReceiver(RTCRtpReceiver):
     on_sender_report: Callable[[RtcpSrPacket], None] | None
 
     def _adopt(self, guard: MediaGuard) -> None:
-        # aiortc's receive path (bitrate estimate for REMB, jitter buffer, NACK generator) is
-        # never used: its estimator alone is 1 000 objects the garbage collector would scan
-        # in every full collection, for the session's whole life.
-        self._RTCRtpReceiver__remote_bitrate_estimator = None
-        self._RTCRtpReceiver__jitter_buffer = None
-        self._RTCRtpReceiver__nack_generator = None
         self.sink = None
         self.on_sender_report = None
         self._golive_guard = guard
