@@ -389,11 +389,12 @@ class PromptConnection(aioice.ice.Connection):
         completed = asyncio.ensure_future(self._golive_completed.wait())
         try:
             await asyncio.wait((checks, completed), return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            checks.cancel()
+        except BaseException:  # cancelled, or closed with its loop: leave nothing running
+            with contextlib.suppress(RuntimeError):  # (a closed loop cancels nothing)
+                checks.cancel()
+                completed.cancel()
             raise
-        finally:
-            completed.cancel()
+        completed.cancel()
         if checks.done():
             checks.result()  # aioice's outcome: None, or its ConnectionError
             return
