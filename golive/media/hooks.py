@@ -375,26 +375,29 @@ class PromptConnection(aioice.ice.Connection):
     always did), and :meth:`close` ends it first if it is still running then."""
 
     def _golive_adopt(self) -> None:
-        self._golive_completed = asyncio.Event()
-        self._golive_checks: asyncio.Future[None] | None = None
+        self._golive_complete = False
+        self._golive_completed: asyncio.Future[None] | None = None  # while connect() waits
+        self._golive_checks: asyncio.Future[None] | None = None  # aioice's connect()
 
     def _check_list_maybe_complete(self) -> bool:
         complete = bool(super()._check_list_maybe_complete())
         if complete:
-            self._golive_completed.set()
+            self._golive_complete = True
+            if self._golive_completed is not None and not self._golive_completed.done():
+                self._golive_completed.set_result(None)
         return complete
 
     async def connect(self) -> None:
         checks = self._golive_checks = asyncio.ensure_future(super().connect())
-        completed = asyncio.ensure_future(self._golive_completed.wait())
+        completed = self._golive_completed = asyncio.get_running_loop().create_future()
         try:
             await asyncio.wait((checks, completed), return_when=asyncio.FIRST_COMPLETED)
         except BaseException:  # cancelled, or closed with its loop: leave nothing running
             with contextlib.suppress(RuntimeError):  # (a closed loop cancels nothing)
                 checks.cancel()
-                completed.cancel()
             raise
-        completed.cancel()
+        finally:
+            self._golive_completed = None
         if checks.done():
             checks.result()  # aioice's outcome: None, or its ConnectionError
             return
@@ -402,7 +405,7 @@ class PromptConnection(aioice.ice.Connection):
 
     async def close(self) -> None:
         checks = self._golive_checks
-        if checks is not None and self._golive_completed.is_set() and not checks.done():
+        if checks is not None and self._golive_complete and not checks.done():
             checks.cancel()  # (before it could start consent checks on a closed connection)
             with contextlib.suppress(asyncio.CancelledError):
                 await checks
