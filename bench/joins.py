@@ -90,7 +90,8 @@ STORY = {
 
 class SyntheticPublisher:
     """A WHIP publisher sending packetized VP8 (S bit and keyframe bit right, random bytes
-    otherwise) and Opus-sized audio through golive's own forwarding senders."""
+    otherwise) and Opus-sized audio through aiortc's SRTP path (golive's senders, which
+    encode nothing, hold the SSRCs and hear keyframe requests)."""
 
     def __init__(self, bitrate: int) -> None:
         self.pc = ForwardingPeerConnection(NO_ICE_SERVERS)
@@ -156,7 +157,7 @@ class SyntheticPublisher:
                 aseq = (aseq + 1) & 0xFFFF
                 ats = (ats + 960) & 0xFFFFFFFF
                 packet = RtpPacket(apt, True, aseq, ats, audio.ssrc, self._noise[:OPUS_BYTES])
-                audio.send_rtp(packet.serialize())
+                await audio.transport._send_rtp(packet.serialize())  # noqa: SLF001  aiortc's SRTP path
             if t + 1e-9 >= next_video:
                 next_video += 1 / FPS
                 vts = (vts + 90000 // FPS) & 0xFFFFFFFF
@@ -174,7 +175,7 @@ class SyntheticPublisher:
                     packet = RtpPacket(
                         vpt, index == count - 1, vseq, vts, video.ssrc, descriptor + header + body
                     )
-                    video.send_rtp(packet.serialize())
+                    await video.transport._send_rtp(packet.serialize())  # noqa: SLF001
 
     async def close(self) -> None:
         if self._task is not None:
