@@ -14,6 +14,7 @@ short of descriptors.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import resource
 import signal
@@ -135,6 +136,7 @@ async def serve(
             addresses=[_address(a) for a in listener.addresses],
             config=config.describe(),
             open_file_limit=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+            gc_frozen=freeze_start_up_objects(),
         )
         _check_open_file_limit(config)
         if started is not None:
@@ -148,6 +150,16 @@ async def serve(
             loop.remove_signal_handler(signum)
     log.info("golive stopped")
     return 0
+
+
+def freeze_start_up_objects() -> int:
+    """Move every object alive once the server is up (modules, classes, the app, the actors:
+    about 57 000) out of the cyclic garbage collector's sight; how many. A full collection
+    scans every tracked object and holds the event loop meanwhile: these live as long as the
+    process, and scanning them again and again cost each full collection 15-25 ms here."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 def _address(address: object) -> str:

@@ -327,6 +327,25 @@ async def test_subscriber_phases_follow_the_peer_and_the_fanouts(world: World) -
 
 
 @pytest.mark.asyncio
+async def test_a_viewers_routes_are_installed_before_its_peer_connects(world: World) -> None:
+    """Asked for at admission: when DTLS comes up the loop forwards at once, with no actor
+    message between (three thread hand-offs, each up to a GIL switch interval under load)."""
+    await world.live_room("r")
+    admitted, _ = await world.viewer("r")
+    await settle(admitted.subscriber, *pykka.ActorRegistry.get_all())
+    phases = {
+        key.track_id: [(r.session, p) for r, p in world.registry.targets(key)]
+        for key in world.registry.tracks()
+    }
+    assert phases == {
+        "v": [(admitted.session, RoutePhase.WAITING_KEYFRAME)],
+        "a": [(admitted.session, RoutePhase.FORWARDING)],
+    }
+    proxy = subscriber_proxy(admitted.subscriber)
+    assert await reply_of(proxy.describe(), TIMEOUT) is SubscriberPhase.NEGOTIATING
+
+
+@pytest.mark.asyncio
 async def test_refusals_are_counted(world: World) -> None:
     await world.live_room("r")
     assert await world.rooms.publish(RoomName("r"), ProbeEndpoint("x")) == Refused(

@@ -115,6 +115,31 @@ async def test_instance_names() -> None:
         await pc.close()
 
 
+def test_prompt_ice_completion_names() -> None:
+    """What PromptConnection relies on: aioice's connect() paces its rounds with a 20 ms
+    sleep, and _check_list_maybe_complete is where the check list is found complete."""
+    connection = aioice.ice.Connection
+    assert "asyncio.sleep(0.02)" in inspect.getsource(connection.connect), (
+        "aioice Connection.connect no longer paces with asyncio.sleep(0.02)"
+    )
+    assert "ICE_COMPLETED" in inspect.getsource(connection._check_list_maybe_complete), (
+        "aioice Connection._check_list_maybe_complete no longer completes the check list"
+    )
+    assert inspect.iscoroutinefunction(connection.close), "aioice Connection.close"
+
+
+def test_bitrate_estimator_names() -> None:
+    """What hooks.EstimatorOnFirstUse stands in for: the estimator every video receiver makes
+    in its __init__, fed only from aiortc's own _handle_rtp_packet."""
+    source = inspect.getsource(aiortc.rtcrtpreceiver.RTCRtpReceiver.__init__)
+    assert "RemoteBitrateEstimator()" in source, "RTCRtpReceiver no longer makes its estimator"
+    assert hasattr(aiortc.rtcrtpreceiver, "RemoteBitrateEstimator"), (
+        "aiortc.rtcrtpreceiver.RemoteBitrateEstimator"
+    )
+    handler = inspect.getsource(aiortc.rtcrtpreceiver.RTCRtpReceiver._handle_rtp_packet)
+    assert "self.__remote_bitrate_estimator.add(" in handler, "the estimator is fed otherwise"
+
+
 def test_candidate_pair_fast_path_names() -> None:
     pair = aioice.ice.CandidatePair
     assert "protocol" in inspect.signature(pair.__init__).parameters, "CandidatePair.protocol"

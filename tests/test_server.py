@@ -239,6 +239,18 @@ def test_serves_health_and_rooms(start_golive: StartGolive) -> None:
 
 
 @pytest.mark.timeout(60)
+def test_start_up_objects_are_frozen_out_of_the_garbage_collector(
+    start_golive: StartGolive,
+) -> None:
+    """A full collection scans every tracked object while the event loop waits: what start-up
+    made lives as long as the process and is left out of every collection."""
+    golive = start_golive()
+    golive.wait_listening()
+    listening = next(r for r in records(golive.stdout) if r["event"] == LISTENING)
+    assert listening["gc_frozen"] > 10_000
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("command", COMMANDS.values(), ids=COMMANDS.keys())
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_stops_golive_cleanly(

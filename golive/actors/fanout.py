@@ -5,8 +5,10 @@ the event loop with plain calls, reading the latest :class:`RoutingTable` the fa
 through the :class:`LoopPort`. What goes through the fanout are the *decisions*: a subscriber
 is ready, a subscriber started on a keyframe, a subscriber is gone.
 
-A video route starts ``WAITING_KEYFRAME`` (the loop sends nothing until a keyframe, then
-reports :class:`KeyframeDelivered`); an audio route starts ``FORWARDING``.
+A route is asked for when the viewer is admitted (before its peer connection is up: the loop
+sends to a viewer only once it is). A video route starts ``WAITING_KEYFRAME`` (the loop sends
+nothing until a keyframe, then reports :class:`KeyframeDelivered`); an audio route starts
+``FORWARDING``.
 
 When the track is recorded, every table also names its recorder (started by the room), to
 which the loop tells each packet.

@@ -1,7 +1,10 @@
 """One actor per viewer session: that session's lifecycle, and nothing else.
 
-``NEGOTIATING`` (admitted, answer being made) → ``WAITING_KEYFRAME`` (ICE and DTLS up, routes
-requested from every fanout) → ``ACTIVE`` (every track forwarding) → ``CLOSED``. The peer
+``NEGOTIATING`` (admitted, answer being made) → ``WAITING_KEYFRAME`` (ICE and DTLS up) →
+``ACTIVE`` (every track forwarding) → ``CLOSED``. Routes are asked of every fanout when the
+actor starts, at admission: the routing tables reach the loop while the peer connection is
+still being set up, and the loop forwards to the viewer as soon as its DTLS is up (it sends
+to no route whose viewer is not connected), with no actor message between the two. The peer
 connection's lifecycle arrives as told events from the loop; the end of the session is
 decided here and carried out on the loop through the :class:`LoopPort`.
 
@@ -114,13 +117,15 @@ class SubscriberActor(GoliveActor):
     def describe(self) -> SubscriberPhase:
         return self._state.phase
 
+    def on_start(self) -> None:
+        for fanout in self._fanouts.values():
+            tell_quietly(fanout, RouteReady(self._session, self.actor_ref))
+
     def handle(self, message: Any) -> None:
         match message:
             case PeerConnected():
                 if self._state.connected():
                     self._log.info("subscriber connected")
-                    for fanout in self._fanouts.values():
-                        tell_quietly(fanout, RouteReady(self._session, self.actor_ref))
             case TrackForwarding(track_id=track_id):
                 before = self._state.phase
                 self._state.track_forwarding(track_id)

@@ -11,6 +11,8 @@ Process-wide changes, made once by :func:`install` (golive owns its process):
 - answers echo the offerer's payload types in 35-63 too (Chrome numbers AV1 there);
 - aiortc's codec table gains what is forwarded but never coded: the H.264 profiles browsers
   and OBS offer (aiortc lists only constrained baseline), VP9 and AV1;
+- aiortc's receivers make their bitrate estimator (1 000 objects) when they first use it,
+  not when they are made: golive's receivers never use it;
 - aioice's host address discovery returns ``ICE_HOST_ADDRESSES`` when set, and then
   includes 127.0.0.1 if asked (aioice always leaves loopback out);
 - aioice's ``StunProtocol.datagram_received`` screens what reaches golive's own connections
@@ -51,6 +53,7 @@ from aiortc import (
     RTCRtpSender,
 )
 from aiortc import codecs as aiortc_codecs
+from aiortc import rtcrtpreceiver as aiortc_receiver
 from aiortc import rtp as aiortc_rtp
 from aiortc.codecs import is_rtx
 from aiortc.rtcdtlstransport import State as DtlsState
@@ -177,6 +180,10 @@ def install(host_addresses: tuple[str, ...]) -> None:
     """Make aiortc and aioice fit for forwarding. Safe to call again (tests do)."""
     _extend_codecs()
     aiortc_rtp.DYNAMIC_PAYLOAD_TYPES = PAYLOAD_TYPES_TO_ECHO  # type: ignore[assignment]
+    estimator: Any = getattr(aiortc_receiver, "RemoteBitrateEstimator")  # noqa: B009  not re-exported
+    if estimator is not EstimatorOnFirstUse:
+        EstimatorOnFirstUse.made = estimator
+        setattr(aiortc_receiver, "RemoteBitrateEstimator", EstimatorOnFirstUse)  # noqa: B010  likewise
     _install_screen()
     original = getattr(aioice.ice.get_host_addresses, "golive_original", None)
     if original is None:
@@ -189,6 +196,24 @@ def install(host_addresses: tuple[str, ...]) -> None:
 
     host_addresses_for.golive_original = original  # type: ignore[attr-defined]
     aioice.ice.get_host_addresses = host_addresses_for
+
+
+class EstimatorOnFirstUse:
+    """Stands for aiortc's ``RemoteBitrateEstimator`` in every receiver aiortc makes, and makes
+    the real one when a packet is first fed to it: making it costs 1 000 small objects and
+    about half a millisecond of the loop per viewer, and golive's receivers never feed it
+    (aiortc's own, in a test's client, still do)."""
+
+    __slots__ = ("_estimator",)
+    made: Callable[[], Any]
+
+    def __init__(self) -> None:
+        self._estimator: Any = None
+
+    def add(self, **packet: Any) -> Any:
+        if self._estimator is None:
+            self._estimator = self.made()
+        return self._estimator.add(**packet)
 
 
 # -- hostile datagrams: screened before aiortc sees them ------------------------------------
@@ -335,6 +360,63 @@ def _install_screen() -> None:
 
     datagram_received.golive_original = original  # type: ignore[attr-defined]
     stun_protocol.datagram_received = datagram_received  # type: ignore[method-assign]
+
+
+class PromptConnection(aioice.ice.Connection):
+    """aioice's ICE connection, whose ``connect()`` returns as soon as every component has a
+    nominated pair.
+
+    aioice starts checks from a loop that sleeps 20 ms (its pacing timer, Ta) between rounds
+    and looks at the check list only after each sleep: a check list completed just after a
+    round was seen up to 20 ms later, and DTLS started that much later, on both sides of every
+    session (at one join a second, about 20 of a viewer's 55 ms from POST to first RTP).
+    Here ``connect()`` returns when the check list completes too; aioice's loop ends by itself
+    at its next round (it cancels what checks remain and starts consent freshness, as it
+    always did), and :meth:`close` ends it first if it is still running then."""
+
+    def _golive_adopt(self) -> None:
+        self._golive_complete = False
+        self._golive_completed: asyncio.Future[None] | None = None  # while connect() waits
+        self._golive_checks: asyncio.Future[None] | None = None  # aioice's connect()
+
+    def _check_list_maybe_complete(self) -> bool:
+        complete = bool(super()._check_list_maybe_complete())
+        if complete:
+            self._golive_complete = True
+            if self._golive_completed is not None and not self._golive_completed.done():
+                self._golive_completed.set_result(None)
+        return complete
+
+    async def connect(self) -> None:
+        checks = self._golive_checks = asyncio.ensure_future(super().connect())
+        completed = self._golive_completed = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait((checks, completed), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # cancelled, or closed with its loop: leave nothing running
+            with contextlib.suppress(RuntimeError):  # (a closed loop cancels nothing)
+                checks.cancel()
+            raise
+        finally:
+            self._golive_completed = None
+        if checks.done():
+            checks.result()  # aioice's outcome: None, or its ConnectionError
+            return
+        checks.add_done_callback(_ended_quietly)
+
+    async def close(self) -> None:
+        checks = self._golive_checks
+        if checks is not None and self._golive_complete and not checks.done():
+            checks.cancel()  # (before it could start consent checks on a closed connection)
+            with contextlib.suppress(asyncio.CancelledError):
+                await checks
+        await super().close()
+
+
+def _ended_quietly(task: asyncio.Future[None]) -> None:
+    """Collect the outcome of aioice's check loop once ``connect()`` has returned without it
+    (cancelled by a close, or done)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("ICE checks ended with an error after completing", error=repr(task.exception()))
 
 
 class GuardedIceTransport(RTCIceTransport):
@@ -799,7 +881,10 @@ class ForwardingPeerConnection(RTCPeerConnection):
         dtls.transport.__class__ = GuardedIceTransport
         dtls.transport._golive_guard = self._golive_guard
         # Marks the ICE connection as golive's, before it opens a socket: screen_datagram.
-        dtls.transport._connection.golive_guard = self._golive_guard
+        connection = dtls.transport._connection
+        connection.golive_guard = self._golive_guard
+        connection.__class__ = PromptConnection
+        connection._golive_adopt()
         return dtls
 
     def _RTCPeerConnection__createTransceiver(  # noqa: N802  overrides aiortc's private method

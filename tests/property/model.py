@@ -380,16 +380,16 @@ class LifecycleMachine(RuleBasedStateMachine):
         # A closed session is gone for good.
         assert not self.closed.keys() & set(seen.sessions)
         assert not self.closed.keys() & set(seen.routes)
-        # Routes: a connected viewer has one on every track; video waits for a keyframe.
+        # Routes: a viewer has one on every track from its admission; video waits for a
+        # keyframe (which only a connected viewer gets).
         for session, viewer in self.viewer_state.items():
             room = self.model[viewer.room]
             want: dict[TrackId, RoutePhase] = {}
-            if viewer.connected:
-                for track in room.tracks:
-                    started = track.kind is MediaKind.AUDIO or track.track_id in viewer.keyframed
-                    want[track.track_id] = (
-                        RoutePhase.FORWARDING if started else RoutePhase.WAITING_KEYFRAME
-                    )
+            for track in room.tracks:
+                started = track.kind is MediaKind.AUDIO or track.track_id in viewer.keyframed
+                want[track.track_id] = (
+                    RoutePhase.FORWARDING if started else RoutePhase.WAITING_KEYFRAME
+                )
             assert seen.routes.get(session, {}) == want, (session, seen.routes.get(session), want)
             phase = SubscriberPhase.NEGOTIATING
             if viewer.connected:

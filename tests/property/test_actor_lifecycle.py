@@ -112,6 +112,7 @@ class ActorLifecycle(LifecycleMachine):
             return reply.reason
         assert isinstance(reply, SubscriberAdmitted)
         self.endpoints[reply.session] = endpoint
+        self.settle()  # its routes, asked for as it started
         return reply.session
 
     def connect(self, session: SessionId) -> None:

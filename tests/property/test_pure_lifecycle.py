@@ -114,17 +114,16 @@ class PureLifecycle(LifecycleMachine):
         if refusal is not None:
             return refusal
         self._report(room)
-        self.subs[session] = (room, SubscriberState(frozenset(t.track_id for t in state.tracks)))
+        viewer = SubscriberState(frozenset(t.track_id for t in state.tracks))
+        self.subs[session] = (room, viewer)
+        for track, fanout in self._room_fanouts(room):  # routes asked for at admission
+            if fanout.add(session) is RoutePhase.FORWARDING:
+                viewer.track_forwarding(track)
         return session
 
     def connect(self, session: SessionId) -> None:
-        if session not in self.subs:
-            return
-        name, viewer = self.subs[session]
-        if viewer.connected():
-            for track, fanout in self._room_fanouts(name):
-                if fanout.add(session) is RoutePhase.FORWARDING:
-                    viewer.track_forwarding(track)
+        if session in self.subs:
+            self.subs[session][1].connected()
 
     def keyframe(self, session: SessionId, track: TrackId) -> None:
         name, viewer = self.subs[session]
