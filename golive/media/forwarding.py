@@ -148,6 +148,7 @@ class PublishedTrack:
         self._viewers: dict[SessionId, Viewer] = {}
         self._by_output: dict[Output, Viewer] = {}
         self._table: RoutingTable | None = None
+        self._routed: frozenset[SessionId] = frozenset()  # the sessions the table routes to
         self._waiting = 0  # outputs not started (waiting for a keyframe), as last counted
         self._cache: list[bytes | None] = [None] * CACHE_PACKETS  # by sequence number
         self._video = info.kind is MediaKind.VIDEO
@@ -210,7 +211,8 @@ class PublishedTrack:
         self._by_output[output] = viewer
         sender.on_keyframe_request = self.want_keyframe
         sender.on_nack = lambda lost: self.retransmit(session, lost)
-        self._route()
+        if session in self._routed:  # routed already (the table came first): add its output
+            self._route()
 
     def detach(self, session: SessionId) -> None:
         viewer = self._viewers.pop(session, None)
@@ -220,11 +222,16 @@ class PublishedTrack:
         viewer.sender.on_keyframe_request = None
         viewer.sender.on_nack = None
         viewer.output.unbind()
-        self._route()
+        if session in self._routed:  # (its output leaves the fan-out; nothing else changes)
+            gone = viewer.output
+            self._fanout.outputs = tuple(o for o in self._fanout.outputs if o is not gone)
+            if not gone.started:
+                self._waiting -= 1
 
     def _route(self) -> None:
         """Hand the C fan-out the outputs of the viewers the table routes to, in its order."""
         table, viewers = self._table, self._viewers
+        self._routed = frozenset() if table is None else table.sessions()
         outputs = (
             ()
             if table is None
@@ -400,6 +407,8 @@ class PublishedTrack:
         if self._deferred is not None:
             self._deferred.cancel()
             self._deferred = None
+        self._table, self._routed = None, frozenset()
+        self._fanout.outputs = ()
         for session in list(self._viewers):
             self.detach(session)
         self._cache = [None] * CACHE_PACKETS
