@@ -51,6 +51,9 @@ class FanoutState:
     routes: dict[SessionId, RoutePhase] = field(default_factory=dict)
     version: int = 0
     closed: bool = False
+    # The Route of each session as last published: a table reuses them, so publishing one
+    # after a change makes one new Route, not one per viewer (a frozen dataclass each).
+    made: dict[SessionId, Route] = field(default_factory=dict)
 
     def add(self, session: SessionId) -> RoutePhase | None:
         """Route the track to ``session``; the phase it starts in, None if nothing changed."""
@@ -72,6 +75,7 @@ class FanoutState:
         return True
 
     def remove(self, session: SessionId) -> bool:
+        self.made.pop(session, None)
         if self.routes.pop(session, None) is None:
             return False
         self.version += 1
@@ -81,6 +85,7 @@ class FanoutState:
         """Retire the track: no route any more, and none can be added."""
         self.closed = True
         self.routes.clear()
+        self.made.clear()
         self.version += 1
 
     def waiting(self) -> frozenset[SessionId]:
@@ -91,10 +96,17 @@ class FanoutState:
         fanout: pykka.ActorRef[Any] | None = None,
         recorder: pykka.ActorRef[Any] | None = None,
     ) -> RoutingTable:
+        made = self.made
+        routes = []
+        for session, phase in self.routes.items():
+            route = made.get(session)
+            if route is None or route.phase is not phase:
+                route = made[session] = Route(session, phase)
+            routes.append(route)
         return RoutingTable(
             track=self.track,
             version=self.version,
-            routes=tuple(Route(session, phase) for session, phase in self.routes.items()),
+            routes=tuple(routes),
             retired=self.closed,
             fanout=fanout,
             recorder=recorder,
