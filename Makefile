@@ -76,6 +76,7 @@ bench: $(STAMP) system-packages
 	$(BIN)/python -m bench.tracing
 	$(NETNS) $(BIN)/python -m bench.hostile
 	$(NETNS) $(BIN)/python -m bench.forwarding
+	$(NETNS) $(BIN)/python -m bench.joins
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
