@@ -316,6 +316,21 @@ async def join(base: str, room: str, http: aiohttp.ClientSession) -> JoiningView
     return viewer
 
 
+async def join_paced(
+    base: str, room: str, http: aiohttp.ClientSession, rate: float, count: int
+) -> list[JoiningViewer]:
+    """``count`` viewers, the i-th POSTing ``i / rate`` seconds after the first."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    tasks = []
+    for index in range(count):
+        due = start + index / rate
+        if due > loop.time():
+            await asyncio.sleep(due - loop.time())
+        tasks.append(asyncio.create_task(join(base, room, http)))
+    return await asyncio.gather(*tasks)
+
+
 async def run_viewers(base: str, room: str, rate: float, count: int, hold: float) -> None:
     """Join ``count`` viewers ``rate`` a second, wait for each one's first keyframe (or
     ``hold`` seconds after the last join), print one JSON timeline per viewer, close all."""
@@ -324,13 +339,7 @@ async def run_viewers(base: str, room: str, rate: float, count: int, hold: float
     async with aiohttp.ClientSession(connector=connector) as http:
         loop = asyncio.get_running_loop()
         start = loop.time()
-        tasks = []
-        for index in range(count):
-            due = start + index / rate
-            if due > loop.time():
-                await asyncio.sleep(due - loop.time())
-            tasks.append(asyncio.create_task(join(base, room, http)))
-        viewers = await asyncio.gather(*tasks)
+        viewers = await join_paced(base, room, http, rate, count)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*(v.done.wait() for v in viewers)), hold)
         for viewer in viewers:
@@ -697,15 +706,7 @@ async def run_until_dtls(base: str, room: str, rate: float, count: int) -> None:
     """The CPU measurement's viewers: join, wait for DTLS, print, leave when told."""
     hooks.install(("127.0.0.1",))
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        tasks = []
-        for index in range(count):
-            due = start + index / rate
-            if due > loop.time():
-                await asyncio.sleep(due - loop.time())
-            tasks.append(asyncio.create_task(join(base, room, http)))
-        viewers = await asyncio.gather(*tasks)
+        viewers = await join_paced(base, room, http, rate, count)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*(v.up.wait() for v in viewers)), 30)
         for viewer in viewers:
