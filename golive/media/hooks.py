@@ -90,7 +90,9 @@ from golive.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
-# A viewer whose socket has this much unsent data loses packets instead of queueing more.
+# What goes out through asyncio's transport (RTCP, and RTP when golive is a client) is dropped
+# once that much is queued unsent. (The server's RTP goes out through the C fan-out, which
+# drops on a full kernel send buffer and queues nothing.)
 SEND_BUFFER_LIMIT = 512 * 1024
 RTCP_INTERVAL = 1.0
 MAX_REPORT_BLOCKS = 31
