@@ -757,16 +757,13 @@ class ForwardingSender(RTCRtpSender):
         """Point the output at the nominated candidate pair's socket and the DTLS transport's
         SRTP session, if it moved (or was not yet). False if there is none (not connected)."""
         output = self.output
-        if output is None or not self._golive_started:
+        if output is None:
             return False
-        dtls = self.transport
-        srtp = dtls._tx_srtp
-        pair = dtls.transport._connection._nominated.get(1)
-        udp = None if pair is None else pair.protocol.transport
-        if dtls._state != DtlsState.CONNECTED or srtp is None or pair is None or udp is None:
-            output.unbind()
-            self._golive_pair = None
+        connected = self._connected()
+        if connected is None:
+            self.unbind()
             return False
+        srtp, pair, udp = connected
         if pair is not self._golive_pair or not output.bound:
             sock = udp.get_extra_info("socket")
             host, port = pair.remote_addr[:2]
@@ -823,22 +820,29 @@ class ForwardingSender(RTCRtpSender):
         return Delivery.SENT if self._send_now(data, rtcp=False) else Delivery.NOT_READY
 
     def _send_now(self, data: bytes, *, rtcp: bool) -> bool:
-        if not self._golive_started:
+        connected = self._connected()
+        if connected is None:
             return False
-        dtls = self.transport
-        if dtls._state != DtlsState.CONNECTED or dtls._tx_srtp is None:
-            return False
-        pair = dtls.transport._connection._nominated.get(1)
-        udp = None if pair is None else pair.protocol.transport
-        if pair is None or udp is None:
-            return False
+        srtp, pair, udp = connected
         # aioice ignores pause_writing: look at the socket's backlog and drop, never queue.
         backlog: int = udp.get_write_buffer_size()  # type: ignore[attr-defined]
         if backlog > SEND_BUFFER_LIMIT:
             return False
-        srtp = dtls._tx_srtp
         udp.sendto(srtp.protect_rtcp(data) if rtcp else srtp.protect(data), pair.remote_addr)
         return True
+
+    def _connected(self) -> tuple[pylibsrtp.Session, Any, asyncio.DatagramTransport] | None:
+        """The DTLS transport's SRTP session, the nominated candidate pair and its socket's
+        transport, if the sender has started and DTLS is up; else None."""
+        if not self._golive_started:
+            return None
+        dtls = self.transport
+        srtp = dtls._tx_srtp
+        pair = dtls.transport._connection._nominated.get(1)
+        udp = None if pair is None else pair.protocol.transport
+        if dtls._state != DtlsState.CONNECTED or srtp is None or pair is None or udp is None:
+            return None
+        return srtp, pair, udp
 
 
 def srtp_session(session: pylibsrtp.Session) -> int:
