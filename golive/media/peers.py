@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 from aiortc import RTCConfiguration, RTCSessionDescription
 from aiortc.codecs import is_rtx
+from aiortc.exceptions import InvalidAccessError, OperationError
 from aiortc.rtcpeerconnection import is_codec_compatible
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.sdp import SessionDescription, candidate_from_sdp
@@ -66,7 +67,8 @@ log = structlog.get_logger(__name__)
 
 
 class InvalidOfferError(ValueError):
-    """The offer is not SDP, or offers nothing golive can forward."""
+    """The offer is not SDP, or offers nothing golive can forward: the client's error (400).
+    Any other exception while an offer is answered is golive's (500)."""
 
 
 class IceRestartError(ValueError):
@@ -219,6 +221,36 @@ async def add_candidates(pc: Any, fragment: str, *, session: str = "") -> None:
             await pc.addIceCandidate(None)
 
 
+async def _set_offer(pc: ForwardingPeerConnection, offer_sdp: str) -> None:
+    """Hand aiortc the client's offer. What aiortc refuses in it (no codec in common, no RTCP
+    multiplexing, a candidate it cannot take...) is the client's error."""
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+    except (ValueError, InvalidAccessError, OperationError) as exc:
+        raise InvalidOfferError(f"offer refused: {type(exc).__name__}: {exc}") from exc
+
+
+def _negotiation_failed(
+    peer: PeerSession, exc: Exception, ended: EndReason | None
+) -> Refused | None:
+    """What to answer when answering ``peer``'s offer raised ``exc`` (its session has been
+    ended since): the refusal to answer if the actors had ended the session meanwhile (its
+    room ended, an admin close, a shutdown: aiortc then fails on a closed peer connection),
+    else None: the caller re-raises, a client's error (:class:`InvalidOfferError`, 400) or a
+    bug (anything else: 500, with its traceback in the log)."""
+    if isinstance(exc, InvalidOfferError):
+        return None
+    if ended is not None:
+        peer.tell("negotiation ended with the session", reason=ended.value)
+        if ended is EndReason.SHUTDOWN:
+            return Refused(Refusal.SHUTTING_DOWN)
+        return Refused(
+            Refusal.UNKNOWN_SESSION if peer.role is Role.PUBLISHER else Refusal.NO_PUBLISHER
+        )
+    peer.tell("negotiation failed", level=logging.ERROR, error=repr(exc)[:200])
+    return None
+
+
 def _dtls_server(pc: ForwardingPeerConnection, offer: SessionDescription) -> None:
     """Answer as DTLS server (``a=setup:passive``) unless the offer insists on being it."""
     remote_roles = {m.dtls.role for m in offer.media if m.dtls is not None}
@@ -283,10 +315,12 @@ class MediaHub:
         try:
             answer, tracks = await self._answer_publisher(peer, offer_sdp, offer)
         except Exception as exc:
+            ended = peer.ended
             await self._rooms.leave(peer.session, EndReason.PUBLISH_FAILED)
-            if isinstance(exc, InvalidOfferError):
+            refused = _negotiation_failed(peer, exc, ended)
+            if refused is None:
                 raise
-            raise InvalidOfferError(f"negotiation failed: {exc}") from exc
+            return refused
         ready = await self._rooms.publisher_ready(peer.session, tracks)
         if not isinstance(ready, Done):  # ended meanwhile (admin close, shutdown)
             return ready
@@ -299,7 +333,7 @@ class MediaHub:
         self, peer: PeerSession, offer_sdp: str, offer: SessionDescription
     ) -> tuple[str, tuple[TrackInfo, ...]]:
         pc = peer.pc
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        await _set_offer(pc, offer_sdp)
         tracks: list[TrackInfo] = []
         receivers: list[tuple[TrackInfo, RTCRtpCodecParameters, ForwardingReceiver]] = []
         for transceiver, media in zip(pc.getTransceivers(), offer.media, strict=False):
@@ -342,10 +376,12 @@ class MediaHub:
         try:
             answer = await self._answer_viewer(peer, offer_sdp, offer, taps)
         except Exception as exc:
+            ended = peer.ended
             await self._rooms.leave(peer.session, EndReason.NEGOTIATION_FAILED)
-            if isinstance(exc, InvalidOfferError):
+            refused = _negotiation_failed(peer, exc, ended)
+            if refused is None:
                 raise
-            raise InvalidOfferError(f"negotiation failed: {exc}") from exc
+            return refused
         self._watch(peer)
         peer.tell("session answered")
         return Answered(peer, answer)
@@ -358,7 +394,7 @@ class MediaHub:
         taps: list[PublishedTrack],
     ) -> str:
         pc = peer.pc
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        await _set_offer(pc, offer_sdp)
         unassigned = list(taps)
         for transceiver, media in zip(pc.getTransceivers(), offer.media, strict=False):
             match = None
