@@ -165,16 +165,7 @@ def parse_offer(sdp: str) -> SessionDescription:
         parsed = SessionDescription.parse(sdp)
     except Exception as exc:  # aiortc's parser asserts, and raises anything on garbage
         raise InvalidOfferError(f"unparsable SDP: {type(exc).__name__}: {exc}") from exc
-    media = [m for m in parsed.media if m.kind in ("audio", "video")]
-    if not media:
-        raise InvalidOfferError("no audio or video section")
-    for section in media:
-        # Without these aiortc accepts the offer and its connect task dies unreported,
-        # leaving a session (and a room) that never connects nor fails.
-        if section.dtls is None or not section.dtls.fingerprints:
-            raise InvalidOfferError("a media section has no DTLS fingerprint or setup")
-        if section.ice is None or not section.ice.usernameFragment or not section.ice.password:
-            raise InvalidOfferError("a media section has no ICE credentials")
+    _check_sections(parsed)
     mids = {m.rtp.muxId for m in parsed.media if m.rtp.muxId}
     # The sections aiortc makes a transport for: each audio and video one, and the first
     # application one (its one SCTP transport). A BUNDLE group led by any other leaves the
@@ -193,6 +184,26 @@ def parse_offer(sdp: str) -> SessionDescription:
         if items[0] not in transported:
             raise InvalidOfferError("a BUNDLE group is led by a section without a transport")
     return parsed
+
+
+def _check_sections(parsed: SessionDescription) -> None:
+    """:class:`InvalidOfferError` unless every media section is one aiortc can answer."""
+    media = [m for m in parsed.media if m.kind in ("audio", "video")]
+    if not media:
+        raise InvalidOfferError("no audio or video section")
+    # aiortc answers any other kind as if it were a data channel, and fails on it.
+    for section in parsed.media:
+        if section.kind not in ("audio", "video", "application"):
+            raise InvalidOfferError(f"a media section of unknown kind {section.kind[:20]!r}")
+    for section in media:
+        if section.direction is None:  # aiortc fails on it when it answers
+            raise InvalidOfferError("a media section has no direction")
+        # Without these aiortc accepts the offer and its connect task dies unreported,
+        # leaving a session (and a room) that never connects nor fails.
+        if section.dtls is None or not section.dtls.fingerprints:
+            raise InvalidOfferError("a media section has no DTLS fingerprint or setup")
+        if section.ice is None or not section.ice.usernameFragment or not section.ice.password:
+            raise InvalidOfferError("a media section has no ICE credentials")
 
 
 async def add_candidates(pc: Any, fragment: str, *, session: str = "") -> None:

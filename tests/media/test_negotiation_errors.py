@@ -23,6 +23,7 @@ import pytest
 import pytest_asyncio
 import structlog.testing
 from aiortc import RTCPeerConnection
+from aiortc.mediastreams import AudioStreamTrack
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 
 from golive.actors.messages import EndReason, Refusal, Refused, Role, RoomName
@@ -57,13 +58,15 @@ async def post(server: ServerThread, path: str, offer: str) -> tuple[int, dict[s
 
 
 async def local_offer(*, publisher: bool) -> str:
-    """A real aiortc offer with its candidates: a publisher's (VP8) or a viewer's."""
+    """A real aiortc offer with its candidates: a publisher's (VP8, Opus) or a viewer's."""
     pc = RTCPeerConnection()
     try:
         if publisher:
             pc.addTransceiver(PatternTrack(), direction="sendonly")
+            pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
         else:
             pc.addTransceiver("video", direction="recvonly")
+            pc.addTransceiver("audio", direction="recvonly")
         await pc.setLocalDescription(await pc.createOffer())
         return str(pc.localDescription.sdp)
     finally:
@@ -105,12 +108,28 @@ async def path_for(server: ServerThread, role: Role, publishers: list[RTCPeerCon
 # -- the client's errors: 400 ------------------------------------------------------------------
 
 
+def without_last_direction(offer: str) -> str:
+    """The offer without its last section's direction (the audio one): the video section
+    alone is answered as before."""
+    last = max(offer.rfind("a=sendonly\r\n"), offer.rfind("a=recvonly\r\n"))
+    assert offer.count("m=") == 2
+    assert last > offer.rindex("m=")
+    return offer[:last] + offer[last + len("a=sendonly\r\n") :]
+
+
 def client_errors(offer: str) -> list[tuple[str, str]]:
     """Offers that are the client's fault, each with what the log's ``problem`` says."""
     first_mid = re.search(r"^a=mid:.*$", offer, re.MULTILINE)
     assert first_mid is not None
     at = first_mid.end()
+    start = offer.index("m=video")
+    section = offer[start : offer.index("m=", start + 1)]
+    unknown_kind = section.replace("m=video", "m=VIDEO").replace("a=mid:0", "a=mid:9")
     return [
+        # found by tests/media/test_fuzz.py once such offers were no longer all 400: aiortc
+        # fails on them when it answers (as if golive had a bug)
+        (without_last_direction(offer), "no direction"),
+        (offer + unknown_kind, "unknown kind"),
         ("hello", "v=0"),
         # aiortc refuses it in setRemoteDescription (ValueError)
         (offer.replace("a=rtcp-mux\r\n", ""), "RTCP mux"),
