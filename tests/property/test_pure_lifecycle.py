@@ -34,7 +34,7 @@ class PureLifecycle(LifecycleMachine):
     name = "pure-state machine"
 
     def start(self, limit: int) -> None:
-        self.directory: DirectoryState[RoomState] = DirectoryState()
+        self.directory: DirectoryState[RoomState] = DirectoryState(reconnect=True)
         self.fanouts: dict[tuple[RoomName, TrackId], FanoutState] = {}
         self.subs: dict[SessionId, tuple[RoomName, SubscriberState]] = {}
         self.ended_subs: dict[SessionId, SubscriberState] = {}
@@ -45,8 +45,10 @@ class PureLifecycle(LifecycleMachine):
         return None if entry is None else entry.room
 
     def _published_by(self, session: SessionId) -> RoomName | None:
+        """The room ``session`` publishes in (not one it vanished from: its session is
+        closed, as the loop's registry would show)."""
         for name, entry in self.directory.rooms.items():
-            if entry.publisher == session:
+            if entry.publisher == session and not entry.waiting:
                 return name
         return None
 
@@ -74,13 +76,39 @@ class PureLifecycle(LifecycleMachine):
                 fanout.remove(session)
         self.ended_subs[session] = viewer
 
-    def publish(self, room: RoomName) -> SessionId | Refusal:
-        refusal = self.directory.can_claim(room)
+    def publish(self, room: RoomName, replaces: SessionId | None = None) -> SessionId | Refusal:
+        refusal = self.directory.can_claim(room, replaces)
         if refusal is not None:
             return refusal
         session = new_session_id()
-        self.directory.add(room, session, RoomState(room, session, self.max_subscribers))
+        if self.directory.takes_over(room, replaces):
+            self.directory.take_over(room, session).room.take_over(session)
+            self._report(room)
+        else:
+            self.directory.add(room, session, RoomState(room, session, self.max_subscribers))
         return session
+
+    def _lose(self, name: RoomName, session: SessionId, reason: EndReason) -> None:
+        """The publisher is gone without a DELETE: the room waits, or ends."""
+        if self.directory.lose(name, session):
+            assert self.directory.rooms[name].room.lose(session)
+            self._report(name)
+            return
+        entry = self.directory.remove(name, session)
+        assert not isinstance(entry, Refusal)
+        self._end(name, entry.room, reason)
+
+    def publisher_vanishes(self, session: SessionId) -> None:
+        name = self._published_by(session)
+        if name is not None:
+            self._lose(name, session, EndReason.ICE_FAILED)
+
+    def reconnect_expires(self, room: RoomName, publisher: SessionId) -> None:
+        entry = self.directory.rooms.get(room)
+        if entry is not None and entry.waiting and entry.publisher == publisher:
+            removed = self.directory.remove(room, publisher)
+            assert not isinstance(removed, Refusal)
+            self._end(room, removed.room, EndReason.PUBLISHER_GONE)
 
     def go_live(self, session: SessionId, tracks: tuple[TrackInfo, ...]) -> Refusal | None:
         name = self._published_by(session)
@@ -99,10 +127,12 @@ class PureLifecycle(LifecycleMachine):
         name = self._published_by(session)
         if name is None:
             return False
+        if failed:
+            self._lose(name, session, EndReason.PUBLISH_FAILED)
+            return True
         entry = self.directory.remove(name, session)
         assert not isinstance(entry, Refusal)
-        reason = EndReason.PUBLISH_FAILED if failed else EndReason.PUBLISHER_LEFT
-        self._end(name, entry.room, reason)
+        self._end(name, entry.room, EndReason.PUBLISHER_LEFT)
         return True
 
     def subscribe(self, room: RoomName) -> SessionId | Refusal:
@@ -169,7 +199,9 @@ class PureLifecycle(LifecycleMachine):
             for name, entry in self.directory.rooms.items()
         }
         sessions = {
-            entry.publisher: (name, Role.PUBLISHER) for name, entry in self.directory.rooms.items()
+            entry.publisher: (name, Role.PUBLISHER)
+            for name, entry in self.directory.rooms.items()
+            if not entry.waiting
         }
         sessions.update({s: (name, Role.SUBSCRIBER) for s, (name, _) in self.subs.items()})
         routes: dict[SessionId, dict[TrackId, RoutePhase]] = {}
