@@ -377,6 +377,9 @@ class MediaHub:
             peer.taps.append(tap)
         if not peer.taps:
             raise InvalidOfferError("the offer accepts none of the published codecs")
+        # Routed on exactly these (maybe not all the room's), asked now: the routes reach the
+        # loop while the answer is made and the client connects.
+        self._rooms.tracks_negotiated(peer.session, frozenset(t.info.track_id for t in peer.taps))
         _dtls_server(pc, offer)
         await pc.setLocalDescription(await pc.createAnswer())
         return pc.localDescription.sdp
