@@ -146,6 +146,10 @@ class PeerSession:
         self.hub.closed(self)
 
 
+#: A track a publisher's answer receives: what it is, its one codec, and its receiver.
+Received = tuple[TrackInfo, RTCRtpCodecParameters, ForwardingReceiver]
+
+
 @dataclass(frozen=True, slots=True)
 class Answered:
     session: PeerSession
@@ -281,27 +285,40 @@ class MediaHub:
         if isinstance(peer, Refused):
             return peer
         try:
-            answer, tracks = await self._answer_publisher(peer, offer_sdp, offer)
+            answer, received = await self._answer_publisher(peer, offer_sdp, offer)
         except Exception as exc:
             await self._rooms.leave(peer.session, EndReason.PUBLISH_FAILED)
             if isinstance(exc, InvalidOfferError):
                 raise
             raise InvalidOfferError(f"negotiation failed: {exc}") from exc
-        ready = await self._rooms.publisher_ready(peer.session, tracks)
+        if peer.ended is not None:  # closed while its answer was made (admin close, shutdown)
+            return Refused(Refusal.UNKNOWN_SESSION)
+        # Its tracks join the packet path, and become the room's on the loop, before the room
+        # can be seen live: a viewer admitted the moment it is finds them. From here on the
+        # session's close takes them off again; so does every way out but success.
+        self._add_tracks(peer, received)
+        try:
+            ready = await self._rooms.publisher_ready(
+                peer.session, tuple(tap.info for tap in peer.taps)
+            )
+        except BaseException:
+            self._remove_tracks(peer)
+            raise
         if not isinstance(ready, Done):  # ended meanwhile (admin close, shutdown)
+            self._remove_tracks(peer)
             return ready
-        self._room_taps[room] = peer.taps
         self._watch(peer)
         peer.tell("session answered")
         return Answered(peer, answer)
 
     async def _answer_publisher(
         self, peer: PeerSession, offer_sdp: str, offer: SessionDescription
-    ) -> tuple[str, tuple[TrackInfo, ...]]:
+    ) -> tuple[str, list[Received]]:
+        """The answer, and what each track it receives is (its tracks are not made here: the
+        session may close while this awaits)."""
         pc = peer.pc
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-        tracks: list[TrackInfo] = []
-        receivers: list[tuple[TrackInfo, RTCRtpCodecParameters, ForwardingReceiver]] = []
+        received: list[Received] = []
         for transceiver, media in zip(pc.getTransceivers(), offer.media, strict=False):
             codecs = [c for c in transceiver._codecs if not is_rtx(c)]  # noqa: SLF001
             if media.direction not in ("sendonly", "sendrecv") or not codecs or not transceiver.mid:
@@ -312,20 +329,30 @@ class MediaHub:
             transceiver._codecs = _with_rtx(codec, transceiver._codecs)  # noqa: SLF001  one codec per track
             info = TrackInfo(TrackId(transceiver.mid), MediaKind(transceiver.kind), codec.mimeType)
             assert isinstance(transceiver.receiver, ForwardingReceiver)
-            receivers.append((info, codec, transceiver.receiver))
-            tracks.append(info)
-        if not tracks:
+            received.append((info, codec, transceiver.receiver))
+        if not received:
             raise InvalidOfferError("the offer sends no audio or video golive can forward")
         _dtls_server(pc, offer)
         await pc.setLocalDescription(await pc.createAnswer())
-        for info, codec, receiver in receivers:
+        return pc.localDescription.sdp, received
+
+    def _add_tracks(self, peer: PeerSession, received: list[Received]) -> None:
+        """Make the publisher's tracks (on the packet path from now on) the room's."""
+        for info, codec, receiver in received:
             key = TrackKey(peer.room, peer.session, info.track_id)
             peer.taps.append(
                 PublishedTrack(
                     key, info, codec, receiver, registry=self._rooms.registry, metrics=self._metrics
                 )
             )
-        return pc.localDescription.sdp, tuple(tracks)
+        self._room_taps[peer.room] = peer.taps
+
+    def _remove_tracks(self, peer: PeerSession) -> None:
+        """Take the publisher's tracks off the packet path and the room (again: harmless)."""
+        if self._room_taps.get(peer.room) is peer.taps:
+            del self._room_taps[peer.room]
+        for tap in peer.taps:
+            tap.close()
 
     # -- play ---------------------------------------------------------------------------------
 
@@ -525,10 +552,7 @@ class MediaHub:
     def closed(self, peer: PeerSession) -> None:
         """A session ended: unhook it from the packet path and close its peer connection."""
         if peer.role is Role.PUBLISHER:
-            if self._room_taps.get(peer.room) is peer.taps:
-                del self._room_taps[peer.room]
-            for tap in peer.taps:
-                tap.close()
+            self._remove_tracks(peer)
         else:
             for tap in peer.taps:
                 tap.detach(peer.session)
