@@ -44,6 +44,7 @@ from golive.actors.messages import (
     SubscriberAdmitted,
     TrackId,
     TrackInfo,
+    TracksNegotiated,
     new_session_id,
 )
 from golive.actors.room import room_proxy
@@ -208,6 +209,12 @@ class RoomService:
         record = self._registry.get(session)
         if record is not None and record.actor is not None:
             tell_quietly(record.actor, PeerConnected(session))
+
+    def tracks_negotiated(self, session: SessionId, tracks: frozenset[TrackId]) -> None:
+        """A viewer's offer is matched: its answer carries ``tracks`` (maybe not all the room's)."""
+        record = self._registry.get(session)
+        if record is not None and record.actor is not None:
+            tell_quietly(record.actor, TracksNegotiated(session, tracks))
 
     def peer_failed(self, session: SessionId, reason: EndReason) -> None:
         """The session's transport ended by itself (ICE failure, consent lost, DTLS close)."""

@@ -342,6 +342,15 @@ class PeerConnected:
 
 
 @dataclass(frozen=True, slots=True)
+class TracksNegotiated:
+    """The viewer's answer carries these of the room's tracks, and no other (event loop →
+    subscriber): it is routed on exactly them."""
+
+    session: SessionId
+    tracks: frozenset[TrackId]
+
+
+@dataclass(frozen=True, slots=True)
 class PeerFailed:
     """The session's transport ended: ICE failure, consent expiry, DTLS close."""
 

@@ -239,8 +239,13 @@ class RoomActor(GoliveActor):
         """The publisher that took the room over is answered: viewers of a track whose codec
         they cannot receive end; the rest go on (the loop starts each again on the new
         publisher's first keyframe, numbering continued); each track is recorded anew."""
-        ended = [s for s in list(self._subscribers) if message.changed]
-        for session in ended:  # (every viewer receives every track)
+        ended: set[SessionId] = set()
+        for track_id in message.changed:  # its viewers: the sessions its fanout routes to
+            fanout = self._fanouts.get(track_id)
+            if fanout is not None:
+                table = fanout_proxy(fanout).describe().get(timeout=self._stop_timeout)
+                ended |= table.sessions()
+        for session in sorted(ended):
             self._close_subscriber(session, EndReason.CODEC_CHANGED)
         for track in message.tracks:
             fanout = self._fanouts.get(track.track_id)

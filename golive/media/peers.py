@@ -307,10 +307,15 @@ class MediaHub:
             if isinstance(exc, InvalidOfferError):
                 raise
             raise InvalidOfferError(f"negotiation failed: {exc}") from exc
+        if peer.ended is not None:  # closed while its answer was made (admin close, shutdown)
+            return Refused(Refusal.UNKNOWN_SESSION)
         tracks = tuple(feed.info for feed in feeds)
         changed = frozenset(feed.info.track_id for feed in feeds if not feed.compatible)
-        # The room's tracks, from now until their fanouts retire them.
+        # The room's tracks, from now until their fanouts retire them; known to the loop
+        # before the room can be seen live, so a viewer admitted the moment it is finds them.
         made = [] if takeover else [self._new_track(peer, feed) for feed in feeds]
+        if made:
+            self._room_taps[room] = list(made)
         try:
             ready = await self._rooms.publisher_ready(peer.session, tracks, changed)
         except BaseException:
@@ -334,7 +339,6 @@ class MediaHub:
             peer.tell("session took the room over", codec_changed=",".join(sorted(changed)))
         else:
             peer.taps = made
-            self._room_taps[room] = list(made)
         self._watch(peer)
         peer.tell("session answered")
         return Answered(peer, answer)
@@ -465,6 +469,9 @@ class MediaHub:
             peer.taps.append(tap)
         if not peer.taps:
             raise InvalidOfferError("the offer accepts none of the published codecs")
+        # Routed on exactly these (maybe not all the room's), asked now: the routes reach the
+        # loop while the answer is made and the client connects.
+        self._rooms.tracks_negotiated(peer.session, frozenset(t.info.track_id for t in peer.taps))
         _dtls_server(pc, offer)
         await pc.setLocalDescription(await pc.createAnswer())
         return pc.localDescription.sdp

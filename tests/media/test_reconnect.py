@@ -275,10 +275,12 @@ async def test_no_reconnect_window_ends_the_room_at_once(no_wait_server: ServerT
 async def test_a_new_codec_ends_the_viewers_who_cannot_decode_it(server: ServerThread) -> None:
     first = await publish(server.url, ROOM)
     viewer = await view(server.url, ROOM)
+    listener = await view(server.url, ROOM, kinds=("audio",))  # unaffected: audio only
     late: Viewer | None = None
     second: Publisher | None = None
     try:
         await asyncio.wait_for(viewer.got_video.wait(), DEADLINE)
+        await eventually(lambda: listener.frames["audio"] > 0, what="audio to the listener")
         await first.pc.close()
         await eventually(
             lambda: [r["waiting"] for r in listing(server)] == [True],
@@ -293,6 +295,12 @@ async def test_a_new_codec_ends_the_viewers_who_cannot_decode_it(server: ServerT
         )
         codecs = [t["codec"] for r in listing(server) for t in r["trackList"]]  # type: ignore[attr-defined]
         assert "video/H264" in codecs
+        assert [r["subscribers"] for r in listing(server)] == [1]  # the listener stays
+        heard = listener.frames["audio"]
+        await eventually(
+            lambda: listener.frames["audio"] > heard + 10,
+            what="the listener to hear the new publisher",
+        )
         # A viewer joining now gets the new codec.
         late = await view(server.url, ROOM)
         assert late.answer.status == 201, late.answer.body
@@ -302,4 +310,6 @@ async def test_a_new_codec_ends_the_viewers_who_cannot_decode_it(server: ServerT
             what="a new viewer to decode H.264",
         )
     finally:
-        await close_all(first, viewer, *([late] if late else []), *([second] if second else []))
+        await close_all(
+            first, viewer, listener, *([late] if late else []), *([second] if second else [])
+        )

@@ -61,6 +61,17 @@ def track_lists(draw: st.DrawFn) -> tuple[TrackInfo, ...]:
     )
 
 
+#: Which of a room's tracks a viewer's answer carries: all of them (None: the usual player),
+#: or those at some positions (an audio-only player, a codec it cannot take).
+picks = st.none() | st.frozensets(st.integers(min_value=0, max_value=2), min_size=1)
+
+
+def chosen(tracks: tuple[TrackInfo, ...], pick: frozenset[int] | None) -> frozenset[TrackId]:
+    """The tracks ``pick`` names among ``tracks`` (all of them if it names none there)."""
+    named = frozenset(t.track_id for i, t in enumerate(tracks) if pick is None or i in pick)
+    return named or frozenset(t.track_id for t in tracks)
+
+
 @dataclass
 class ModelRoom:
     publisher: SessionId
@@ -77,6 +88,7 @@ class ModelRoom:
 @dataclass
 class ModelViewer:
     room: RoomName
+    tracks: frozenset[TrackId]  # what its answer carries: some or all of the room's
     connected: bool = False
     keyframed: set[TrackId] = field(default_factory=set)
 
@@ -131,7 +143,9 @@ class LifecycleMachine(RuleBasedStateMachine):
     def end_publisher(self, session: SessionId, *, failed: bool) -> bool:
         raise NotImplementedError
 
-    def subscribe(self, room: RoomName) -> SessionId | Refusal:
+    def subscribe(self, room: RoomName, tracks: frozenset[TrackId]) -> SessionId | Refusal:
+        """A WHEP POST: admission to ``room``, then an answer carrying ``tracks`` (some or all
+        of the room's; meaningless when the viewer is refused)."""
         raise NotImplementedError
 
     def connect(self, session: SessionId) -> None:
@@ -217,10 +231,14 @@ class LifecycleMachine(RuleBasedStateMachine):
         limit=st.integers(min_value=0, max_value=3),
         room=rooms,
         tracks=st.none() | track_lists(),
-        viewers=st.integers(min_value=0, max_value=4),
+        viewers=st.lists(picks, max_size=4),
     )
     def setup(
-        self, limit: int, room: RoomName, tracks: tuple[TrackInfo, ...] | None, viewers: int
+        self,
+        limit: int,
+        room: RoomName,
+        tracks: tuple[TrackInfo, ...] | None,
+        viewers: list[frozenset[int] | None],
     ) -> object:
         """Start the system with one room (live or pending) and maybe viewers in it."""
         self.limit = limit
@@ -275,12 +293,13 @@ class LifecycleMachine(RuleBasedStateMachine):
             RUNS[self.name, "rooms gone live"] += 1
         return result
 
-    def do_subscribe(self, room: RoomName, count: int) -> list[SessionId]:
-        self.step(f"{count} viewer(s) subscribe to {room}")
+    def do_subscribe(self, room: RoomName, viewers: list[frozenset[int] | None]) -> list[SessionId]:
+        self.step(f"{len(viewers)} viewer(s) subscribe to {room}: {viewers}")
         admitted = []
-        for _ in range(count):
-            result = self.subscribe(room)
+        for pick in viewers:
             model = self.model.get(room)
+            tracks = frozenset() if model is None else chosen(model.tracks, pick)
+            result = self.subscribe(room, tracks)
             if model is None or not model.live:
                 assert result == Refusal.NO_PUBLISHER, result
                 continue
@@ -289,8 +308,10 @@ class LifecycleMachine(RuleBasedStateMachine):
                 continue
             assert not isinstance(result, Refusal), result
             model.subscribers.add(result)
-            self.viewer_state[result] = ModelViewer(room)
+            self.viewer_state[result] = ModelViewer(room, tracks)
             RUNS[self.name, "viewers admitted"] += 1
+            if len(tracks) < len(model.tracks):
+                RUNS[self.name, "viewers of some of the tracks"] += 1
             admitted.append(result)
         return admitted
 
@@ -364,13 +385,13 @@ class LifecycleMachine(RuleBasedStateMachine):
         if room is not None and room.waiting and room.publisher == publisher:
             self.end_room(name, EndReason.PUBLISHER_GONE)
 
-    @rule(target=viewers, data=st.data(), count=st.integers(min_value=1, max_value=4))
-    def subscribe_rule(self, data: st.DataObject, count: int) -> object:
+    @rule(target=viewers, data=st.data(), choices=st.lists(picks, min_size=1, max_size=4))
+    def subscribe_rule(self, data: st.DataObject, choices: list[frozenset[int] | None]) -> object:
         # Mostly rooms that exist, so that viewers do get in; sometimes any name.
         existing = sorted(self.model)
         pick_existing = bool(existing) and data.draw(st.booleans())
         room = data.draw(st.sampled_from(existing) if pick_existing else rooms)
-        return multiple(*self.do_subscribe(room, count))
+        return multiple(*self.do_subscribe(room, choices))
 
     @rule(session=viewers)
     def connect_rule(self, session: SessionId) -> None:
@@ -383,7 +404,13 @@ class LifecycleMachine(RuleBasedStateMachine):
     def keyframe_rule(self, session: SessionId, data: st.DataObject) -> None:
         room = self.viewer_room(session)
         viewer = self.viewer_state.get(session)
-        videos = [] if room is None else [t for t in room.tracks if t.kind is MediaKind.VIDEO]
+        videos = (
+            []
+            if room is None or viewer is None
+            else [
+                t for t in room.tracks if t.kind is MediaKind.VIDEO and t.track_id in viewer.tracks
+            ]
+        )
         if room is None or viewer is None or not viewer.connected or not videos:
             return
         track = data.draw(st.sampled_from(videos)).track_id
@@ -466,12 +493,15 @@ class LifecycleMachine(RuleBasedStateMachine):
         # A closed session is gone for good.
         assert not self.closed.keys() & set(seen.sessions)
         assert not self.closed.keys() & set(seen.routes)
-        # Routes: a viewer has one on every track from its admission; video waits for a
-        # keyframe (which only a connected viewer gets).
+        # Routes: a viewer has one on each track its answer carries, and on no other, from its
+        # POST on; video waits for a keyframe (which only a connected viewer gets). It is
+        # active once every one of them forwards.
         for session, viewer in self.viewer_state.items():
             room = self.model[viewer.room]
             want: dict[TrackId, RoutePhase] = {}
             for track in room.tracks:
+                if track.track_id not in viewer.tracks:
+                    continue
                 started = track.kind is MediaKind.AUDIO or track.track_id in viewer.keyframed
                 want[track.track_id] = (
                     RoutePhase.FORWARDING if started else RoutePhase.WAITING_KEYFRAME

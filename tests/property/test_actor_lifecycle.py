@@ -112,14 +112,16 @@ class ActorLifecycle(LifecycleMachine):
         self.settle()
         return isinstance(reply, Done)
 
-    def subscribe(self, room: RoomName) -> SessionId | Refusal:
+    def subscribe(self, room: RoomName, tracks: frozenset[TrackId]) -> SessionId | Refusal:
         endpoint = ProbeEndpoint(f"viewer of {room}")
         reply = self.server.run(self.server.rooms.subscribe(room, endpoint))
         if isinstance(reply, Refused):
             return reply.reason
         assert isinstance(reply, SubscriberAdmitted)
         self.endpoints[reply.session] = endpoint
-        self.settle()  # its routes, asked for as it started
+        # What the media layer tells once the viewer's offer is matched.
+        self.server.call(lambda: self.server.rooms.tracks_negotiated(reply.session, tracks))
+        self.settle()  # its routes, asked for then
         return reply.session
 
     def connect(self, session: SessionId) -> None:

@@ -71,9 +71,10 @@ class PureLifecycle(LifecycleMachine):
 
     def _close_viewer(self, session: SessionId, reason: EndReason) -> None:
         name, viewer = self.subs.pop(session)
-        if viewer.close(reason):
-            for _, fanout in self._room_fanouts(name):
-                fanout.remove(session)
+        if viewer.close(reason):  # its routes withdrawn, on the tracks it was routed on
+            for track in viewer.tracks or ():
+                if (name, track) in self.fanouts:
+                    self.fanouts[(name, track)].remove(session)
         self.ended_subs[session] = viewer
 
     def publish(self, room: RoomName, replaces: SessionId | None = None) -> SessionId | Refusal:
@@ -135,7 +136,7 @@ class PureLifecycle(LifecycleMachine):
         self._end(name, entry.room, EndReason.PUBLISHER_LEFT)
         return True
 
-    def subscribe(self, room: RoomName) -> SessionId | Refusal:
+    def subscribe(self, room: RoomName, tracks: frozenset[TrackId]) -> SessionId | Refusal:
         state = self._room(room)
         if state is None:
             return Refusal.NO_PUBLISHER
@@ -144,11 +145,12 @@ class PureLifecycle(LifecycleMachine):
         if refusal is not None:
             return refusal
         self._report(room)
-        viewer = SubscriberState(frozenset(t.track_id for t in state.tracks))
+        viewer = SubscriberState()
         self.subs[session] = (room, viewer)
-        for track, fanout in self._room_fanouts(room):  # routes asked for at admission
-            if fanout.add(session) is RoutePhase.FORWARDING:
-                viewer.track_forwarding(track)
+        if viewer.negotiated(tracks):  # routes asked for on the tracks its answer carries
+            for track in tracks:
+                if self.fanouts[(room, track)].add(session) is RoutePhase.FORWARDING:
+                    viewer.track_forwarding(track)
         return session
 
     def connect(self, session: SessionId) -> None:
