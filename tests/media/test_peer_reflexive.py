@@ -149,8 +149,10 @@ async def vanishing_publisher(server: ServerThread, room: str) -> str:
 
 async def test_without_any_check_the_connect_deadline_ends_the_session_and_its_room() -> None:
     """ICE waits for the client's checks; none ever comes: the session's connect deadline
-    ends it as ice_failed, the room goes, and the room is free again."""
-    env = {**ENV, "SESSION_CONNECT_TIMEOUT_SECONDS": "2"}
+    ends it as ice_failed, the room goes, and the room is free again. (With a reconnect
+    window, PUBLISHER_RECONNECT_SECONDS, the room waits that long first, listed as waiting.)"""
+    # (the room ends with its publisher's session: no wait for a reconnect)
+    env = {**ENV, "SESSION_CONNECT_TIMEOUT_SECONDS": "2", "PUBLISHER_RECONNECT_SECONDS": "0"}
     with running_server(env) as server, structlog.testing.capture_logs() as logs:
         session = await vanishing_publisher(server, "nocheck")
         assert len(rooms(server)) == 1
@@ -174,7 +176,7 @@ async def test_without_any_check_ice_gives_up_after_its_patience(
     """With a connect deadline longer than ICE's patience, ICE itself fails the session once
     its patience runs out (here shortened to 2 s): the session ends as ice_failed then."""
     monkeypatch.setattr(hooks, "PATIENCE_SECONDS", 2.0)
-    env = {**ENV, "SESSION_CONNECT_TIMEOUT_SECONDS": "120"}
+    env = {**ENV, "SESSION_CONNECT_TIMEOUT_SECONDS": "120", "PUBLISHER_RECONNECT_SECONDS": "0"}
     with running_server(env) as server, structlog.testing.capture_logs() as logs:
         session = await vanishing_publisher(server, "patience")
         await eventually(lambda: not rooms(server), what="the room to end", seconds=DEADLINE)
