@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import aiohttp
@@ -147,6 +147,24 @@ async def vanishing_publisher(server: ServerThread, room: str) -> str:
         return response.headers["Location"].rsplit("/", 1)[1]
 
 
+async def session_end(
+    server: ServerThread, logs: list[MutableMapping[str, Any]], session: str
+) -> MutableMapping[str, Any]:
+    """The log line of ``session``'s end, once the session and its room have ended (the
+    listing may change before the loop tells the session's end)."""
+
+    def ended() -> list[MutableMapping[str, Any]]:
+        return [e for e in logs if e["event"] == "session ended" and e["session"] == session]
+
+    await eventually(
+        lambda: not rooms(server) and bool(ended()),
+        what="the session and its room to end",
+        seconds=DEADLINE,
+    )
+    (line,) = ended()
+    return line
+
+
 async def test_without_any_check_the_connect_deadline_ends_the_session_and_its_room() -> None:
     """ICE waits for the client's checks; none ever comes: the session's connect deadline
     ends it as ice_failed, the room goes, and the room is free again. (With a reconnect
@@ -156,10 +174,9 @@ async def test_without_any_check_the_connect_deadline_ends_the_session_and_its_r
     with running_server(env) as server, structlog.testing.capture_logs() as logs:
         session = await vanishing_publisher(server, "nocheck")
         assert len(rooms(server)) == 1
-        await eventually(lambda: not rooms(server), what="the room to end", seconds=DEADLINE)
+        ended = await session_end(server, logs, session)
         story = [(e["event"], e["log_level"]) for e in logs if e.get("session") == session]
         assert ("session not connected in time", "warning") in story
-        ended = next(e for e in logs if e["event"] == "session ended" and e["session"] == session)
         assert ended["reason"] == "ice_failed"
         assert 2 <= ended["seconds"] < DEADLINE
         assert server.call(lambda: len(server.rooms.registry)) == 0
@@ -179,9 +196,8 @@ async def test_without_any_check_ice_gives_up_after_its_patience(
     env = {**ENV, "SESSION_CONNECT_TIMEOUT_SECONDS": "120", "PUBLISHER_RECONNECT_SECONDS": "0"}
     with running_server(env) as server, structlog.testing.capture_logs() as logs:
         session = await vanishing_publisher(server, "patience")
-        await eventually(lambda: not rooms(server), what="the room to end", seconds=DEADLINE)
+        ended = await session_end(server, logs, session)
         events = [e["event"] for e in logs if e.get("session") == session]
         assert "session not connected in time" not in events
-        ended = next(e for e in logs if e["event"] == "session ended" and e["session"] == session)
         assert ended["reason"] == "ice_failed"
         assert 2 <= ended["seconds"] < DEADLINE
