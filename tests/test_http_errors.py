@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Iterator, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 import pykka
@@ -56,17 +57,25 @@ class PlainSlow(pykka.ThreadingActor):
         return 1
 
 
+@dataclass
+class Actors:
+    release: threading.Event  # lets them answer
+    slow: pykka.ActorProxy[Slow]
+    plain: pykka.ActorProxy[PlainSlow]
+
+
 @pytest.fixture
-def release() -> Iterator[threading.Event]:
-    event = threading.Event()
-    yield event
-    event.set()
-    pykka.ActorRegistry.stop_all()
+def actors() -> Iterator[Actors]:
+    release = threading.Event()
+    slow, plain = Slow.start(release), PlainSlow.start(release)
+    yield Actors(release, slow.proxy(), plain.proxy())
+    release.set()
+    for ref in (slow, plain):
+        ref.stop()
 
 
-def app(release: threading.Event) -> web.Application:
-    slow = Slow.start(release).proxy()
-    plain = PlainSlow.start(release).proxy()
+def app(actors: Actors) -> web.Application:
+    slow, plain = actors.slow, actors.plain
 
     async def actor(_request: web.Request) -> web.Response:
         return web.json_response(await reply_of(slow.answer(), ASK_TIMEOUT))
@@ -99,9 +108,9 @@ async def fetch(client: TestClient[Any, Any], path: str) -> tuple[int, Any, dict
 
 @pytest.mark.parametrize("path", ["/actor", "/plain-actor"])
 async def test_an_actor_that_does_not_answer_in_time_is_503(
-    aiohttp_client: AiohttpClient, release: threading.Event, path: str
+    aiohttp_client: AiohttpClient, actors: Actors, path: str
 ) -> None:
-    client = await aiohttp_client(app(release))
+    client = await aiohttp_client(app(actors))
     status, body, headers, logs = await fetch(client, path)
     assert (status, body) == (503, {"error": "server busy, try again"})
     assert headers["Retry-After"] == "1"
@@ -112,9 +121,9 @@ async def test_an_actor_that_does_not_answer_in_time_is_503(
 
 @pytest.mark.parametrize("path", ["/not-an-actor", "/actors-own"])
 async def test_any_other_timeout_is_a_bug_500_with_its_traceback(
-    aiohttp_client: AiohttpClient, release: threading.Event, path: str
+    aiohttp_client: AiohttpClient, actors: Actors, path: str
 ) -> None:
-    client = await aiohttp_client(app(release))
+    client = await aiohttp_client(app(actors))
     status, body, headers, logs = await fetch(client, path)
     assert (status, body) == (500, {"error": "internal error"})
     assert "Retry-After" not in headers
@@ -122,14 +131,12 @@ async def test_any_other_timeout_is_a_bug_500_with_its_traceback(
     assert logs[0].get("exc_info"), "the traceback is logged"
 
 
-async def test_reply_of_raises_actor_timeout_only_for_its_own_wait(
-    release: threading.Event,
-) -> None:
-    slow = Slow.start(release).proxy()
-    with pytest.raises(ActorTimeoutError):
-        await reply_of(slow.answer(), ASK_TIMEOUT)
-    release.set()
+async def test_reply_of_raises_actor_timeout_only_for_its_own_wait(actors: Actors) -> None:
+    for proxy in (actors.slow, actors.plain):
+        with pytest.raises(ActorTimeoutError):
+            await reply_of(proxy.answer(), ASK_TIMEOUT)
+    actors.release.set()
     with pytest.raises(TimeoutError) as raised:
-        await reply_of(slow.time_out(), 10)
+        await reply_of(actors.slow.time_out(), 10)
     assert not isinstance(raised.value, ActorTimeoutError)
     assert str(raised.value) == "the actor's own timeout"
