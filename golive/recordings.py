@@ -20,6 +20,7 @@ from an actor's thread (or ``asyncio.to_thread``), never on the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -80,6 +81,10 @@ class RecordingStore:
                 self._unmark(RECORDING, name)
                 stamp += 1
                 continue
+            except OSError:  # the disk refused (full, read-only): no marker left behind
+                with contextlib.suppress(OSError):
+                    self._unmark(RECORDING, name)
+                raise
             return path
 
     def finish(self, name: str, *, upload: bool) -> None:
