@@ -108,6 +108,11 @@ class RecordingStore:
         """Finished recordings not confirmed uploaded yet, oldest first."""
         return [self.directory / name for name in self._marked(UPLOAD)]
 
+    def upload_pending(self, name: str) -> bool:
+        """Whether ``name`` still waits for its upload: one look at its marker, whatever the
+        size of the backlog."""
+        return (self._journal / UPLOAD / name).exists()
+
     def uploaded(self, name: str, *, delete: bool) -> None:
         """The upload of ``name`` is confirmed: unmark it, then delete the file if asked."""
         self._unmark(UPLOAD, name)

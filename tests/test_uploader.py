@@ -376,6 +376,50 @@ def test_multipart_upload_is_confirmed(s3: S3Server, store: RecordingStore) -> N
     assert not path.exists()
 
 
+def count_listings(monkeypatch: pytest.MonkeyPatch, folder: Path) -> list[int]:
+    """How many times ``folder`` is listed (``os.scandir``, ``os.listdir``) from now on, in
+    any thread: a one-item list the listings update. The real functions do the listing."""
+    listings = [0]
+    real_scandir, real_listdir = os.scandir, os.listdir
+
+    def scandir(path: Any = ".") -> Any:
+        if Path(path) == folder:
+            listings[0] += 1
+        return real_scandir(path)
+
+    def listdir(path: Any = ".") -> list[Any]:
+        if Path(path) == folder:
+            listings[0] += 1
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(os, "listdir", listdir)
+    return listings
+
+
+def test_a_backlog_is_listed_once_not_at_every_attempt(
+    s3_down: S3Server, store: RecordingStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review bug 6: every attempt listed the whole journal to see whether its file was
+    still pending, so a backlog of N recordings after an S3 outage cost N listings of N
+    markers per round of attempts. The journal is listed once, at start."""
+    backlog = 30
+    paths = [record(store, os.urandom(200), track=f"t{i}") for i in range(backlog)]
+    listings = count_listings(monkeypatch, store.directory / ".golive" / "upload")
+    config = make_config(s3_down, store, base=0.05, cap=0.1)
+    metrics = create_metrics()
+    with running_uploader(config, store, metrics):
+        wait_until(lambda: retries(metrics) >= 2 * backlog, timeout=TIMEOUT, what="attempts")
+        s3_down.start()
+        wait_until(lambda: succeeded(metrics) == backlog, timeout=30, what="every upload")
+    assert listings == [1]  # the start-up scan, and no other
+    assert store.pending_uploads() == []
+    client = s3_down.client()
+    for path in paths:
+        key = f"recordings/{path.name}"
+        assert object_bytes(client, config.s3_bucket, key) == path.read_bytes()
+
+
 def test_stop_while_backing_off_keeps_everything(s3_down: S3Server, store: RecordingStore) -> None:
     config = make_config(s3_down, store, delete=True, base=30.0, cap=60.0)
     metrics = create_metrics()

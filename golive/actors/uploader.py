@@ -365,9 +365,10 @@ class UploaderActor(GoliveActor):
         self._schedule_work()
 
     def _attempt(self, upload: _Upload) -> None:
-        if self._store.directory / upload.name not in self._store.pending_uploads():
+        if not self._store.upload_pending(upload.name):
             # Told again after it was done (a recorder's tell crossing the start-up scan):
-            # the journal, not the queue, says what is left to upload.
+            # the journal, not the queue, says what is left to upload. Its marker, not a
+            # listing of the journal: an attempt costs the same however long the backlog.
             self._done(upload.name)
             self._log.debug("upload no longer pending", name=upload.name)
             return
