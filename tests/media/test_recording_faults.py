@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,7 @@ async def test_a_disk_fault_stops_the_recording_not_the_stream(
     records = disk.path / "records"
     if fault == "read-only before the publisher":
         await asyncio.to_thread(disk.remount_read_only)
-    logs: list[dict[str, Any]]
+    logs: list[MutableMapping[str, Any]]
     with structlog.testing.capture_logs() as logs:
         publisher = await publish_counting(server.url, room, "video/VP8")
         viewers: list[Viewer] = []

@@ -4,7 +4,9 @@ crashes that lose nothing, and recovery at the next start."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -294,10 +296,10 @@ def test_a_recorder_whose_start_hits_a_bug_crashes_and_reports_it(
     )
 
 
-STREAMS: dict[str, tuple[TrackInfo, Any]] = {
-    "ivf": (VIDEO, lambda: vp8_frames()),
-    "mkv": (TrackInfo(TrackId("0"), MediaKind.VIDEO, "video/H264"), lambda: h264_frames(90)),
-    "ogg": (AUDIO, lambda: opus_frames(150)),
+STREAMS: dict[str, tuple[TrackInfo, Callable[[], tuple[EncodedFrame, ...]]]] = {
+    "ivf": (VIDEO, vp8_frames),
+    "mkv": (TrackInfo(TrackId("0"), MediaKind.VIDEO, "video/H264"), partial(h264_frames, 90)),
+    "ogg": (AUDIO, partial(opus_frames, 150)),
 }
 
 
@@ -306,7 +308,7 @@ def test_a_disk_that_fills_up_stops_the_recording_and_keeps_what_was_written(
     small_fs: SmallFilesystem, inbox: pykka.ActorRef[Any], extension: str
 ) -> None:
     info, frames = STREAMS[extension]
-    encoded: tuple[EncodedFrame, ...] = frames()
+    encoded = frames()
     store = RecordingStore(small_fs.path / "records")
     store.prepare()
     metrics, port = create_metrics(), Port()
