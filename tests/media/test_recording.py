@@ -224,9 +224,11 @@ async def test_recordings_are_uploaded_and_deleted_by_s3_settings_alone(
         client = s3.client()
 
         def uploaded() -> list[str]:
-            if not client.bucket_exists(bucket):
+            if not client.bucket_exists(bucket_name=bucket):
                 return []
-            return sorted(o.object_name or "" for o in client.list_objects(bucket, recursive=True))
+            return sorted(
+                o.object_name or "" for o in client.list_objects(bucket_name=bucket, recursive=True)
+            )
 
         await asyncio.to_thread(wait_until, lambda: len(uploaded()) == 2, timeout=DEADLINE)
         keys = uploaded()
@@ -238,7 +240,7 @@ async def test_recordings_are_uploaded_and_deleted_by_s3_settings_alone(
         )
         assert list((record_dir / ".golive" / "upload").iterdir()) == []
         for key in keys:
-            data = client.get_object(bucket, key).read()
+            data = client.get_object(bucket_name=bucket, object_name=key).read()
             local = tmp_path / Path(key).name
             local.write_bytes(data)
             assert decode_errors(local) == ""
