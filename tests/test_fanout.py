@@ -295,6 +295,7 @@ async def test_a_new_publisher_feeds_the_track_from_its_keyframe_numbering_conti
     room.route(fanout=fanout)
     room.send(100, 50_000, KEYFRAME, ssrc=0xA)
     room.send(101, 53_000, INTERFRAME, ssrc=0xA)
+    room.track.want_keyframe()  # asked of the old publisher just now
     old = room.publisher
     new = Publisher()
     info = TrackInfo(TrackId("v"), MediaKind.VIDEO, "video/VP8")

@@ -218,6 +218,10 @@ class PublishedTrack:
         receiver.on_sender_report = self.on_sender_report
         self._cache = [None] * CACHE_PACKETS  # the old publisher's numbering
         self.last_packet = self._loop.time()
+        if self._deferred is not None:  # the new publisher is asked at once, not in turn
+            self._deferred.cancel()
+            self._deferred = None
+        self._last_request = -KEYFRAME_REQUEST_INTERVAL
         if not compatible:
             for session in list(self._viewers):
                 self.detach(session)

@@ -642,7 +642,11 @@ class MediaHub:
                     )
                 self._rooms.peer_connected(peer.session)
             elif state in ("failed", "closed"):
-                self._rooms.peer_failed(peer.session, peer.transport_end or EndReason.ICE_FAILED)
+                self._rooms.peer_failed(
+                    peer.session,
+                    peer.transport_end or EndReason.ICE_FAILED,
+                    connected=peer.connected,
+                )
 
     def _never_connected(self, peer: PeerSession) -> None:
         """The session is still not connected, its deadline passed: end it as an ICE failure
@@ -651,7 +655,7 @@ class MediaHub:
         if peer.ended is not None or peer.connected or peer.pc.connectionState == "connected":
             return
         peer.tell("session not connected in time", level=logging.WARNING)
-        self._rooms.peer_failed(peer.session, EndReason.ICE_FAILED)
+        self._rooms.peer_failed(peer.session, EndReason.ICE_FAILED, connected=False)
 
     @staticmethod
     def _watch_transport(peer: PeerSession, dtls: Any) -> None:
