@@ -648,6 +648,9 @@ class MediaHub:
                     connected=peer.connected,
                 )
 
+        if pc.connectionState == "failed":  # (it failed while its offer was being answered)
+            on_state()
+
     def _never_connected(self, peer: PeerSession) -> None:
         """The session is still not connected, its deadline passed: end it as an ICE failure
         (a client that trickles and vanishes before sending a candidate would otherwise hold
