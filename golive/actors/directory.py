@@ -243,8 +243,7 @@ class DirectoryActor(GoliveActor):
     def _take_over(self, room: RoomName, session: SessionId) -> PublisherClaimed:
         previous = self._state.take_over(room, session)
         self._cancel_deadline(room)
-        if not previous.waiting:  # its publisher was live, if silent: it ends now
-            self._publisher_ended(EndReason.PUBLISHER_REPLACED)
+        self._publisher_ended(EndReason.PUBLISHER_REPLACED)  # (vanished, or gone silent)
         self._metrics.sessions.labels(Role.PUBLISHER.value).inc()
         self._metrics.takeovers.inc()
         trace.get_current_span().set_attribute("golive.takeover", previous.publisher)
@@ -265,11 +264,13 @@ class DirectoryActor(GoliveActor):
     ) -> Done | RoomEnding | Refused:
         span = trace.get_current_span()
         span.set_attributes({"golive.room": room, "golive.reason": reason.value})
+        entry = self._state.rooms.get(room)
+        if entry is not None and entry.waiting and entry.publisher == publisher:
+            return Done()  # it waits for another already
         if not self._state.lose(room, publisher, connected=connected):
             return self._end_room(room, reason, publisher)
         entry = self._state.rooms[room]
         span.set_attribute("golive.waiting", True)
-        self._publisher_ended(reason)
         timer = threading.Timer(
             self._reconnect_seconds,
             tell_quietly,
@@ -343,10 +344,7 @@ class DirectoryActor(GoliveActor):
                 if entry is not None and entry.room.actor_urn == urn:
                     self._state.remove(room)
                     self._cancel_deadline(room)
-                    if not entry.waiting:  # (a waiting room's publisher was counted out)
-                        self._publisher_ended(EndReason.ROOM_FAILED)
-                    else:
-                        self._count_rooms()
+                    self._publisher_ended(EndReason.ROOM_FAILED)
                     self._log.error("room crashed and was removed", room=room)
             case _:
                 super().handle(message)
@@ -370,10 +368,7 @@ class DirectoryActor(GoliveActor):
         # The room's span for closing is a child of the current one (end_room, end_all).
         tell_quietly(entry.room, CloseRoom(reason, self.tracing.carrier()))
         self._cancel_deadline(name)
-        if entry.waiting:  # its publisher was counted out when it vanished
-            self._count_rooms()
-        else:
-            self._publisher_ended(reason)
+        self._publisher_ended(reason)
         return RoomEnding(name, entry.room)
 
     def _publisher_ended(self, reason: EndReason) -> None:

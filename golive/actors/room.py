@@ -349,9 +349,11 @@ class RoomActor(GoliveActor):
             case PublisherGone(session=session, reason=reason, trace=carrier):
                 with self.tracing.handling("room.publisher_gone", carrier, self.span_attributes()):
                     if self._state.lose(session):
-                        # Its recordings end here; a publisher taking over records anew.
+                        # Its recordings end here; a publisher taking over records anew. Its
+                        # session stays until the room ends or is taken over: its DELETE
+                        # (a page closed sends one, often after the transport's close)
+                        # still ends the room at once.
                         self._stop_recorders()
-                        self._port.close_session(session, reason)
                         self._log.info(
                             "publisher gone; waiting for another", session=session, reason=reason
                         )

@@ -258,6 +258,27 @@ async def test_a_waiting_room_ends_when_no_publisher_comes(short_wait_server: Se
         await close_all(first, viewer)
 
 
+async def test_the_vanished_publishers_delete_still_ends_the_waiting_room(
+    server: ServerThread,
+) -> None:
+    """A page that closes tears its peer connection down and sends its DELETE: whichever the
+    server sees first, the room ends."""
+    first = await publish(server.url, ROOM)
+    viewer = await view(server.url, ROOM)
+    try:
+        await asyncio.wait_for(viewer.got_video.wait(), DEADLINE)
+        await first.pc.close()
+        await eventually(
+            lambda: [r["waiting"] for r in listing(server)] == [True], what="the room to wait"
+        )
+        assert await delete(server.url, first.answer.location) == 200
+        assert listing(server) == []
+        assert server.call(lambda: len(server.rooms.registry)) == 0
+        assert ended(server, "publisher", "publisher_left") == 1
+    finally:
+        await close_all(first, viewer)
+
+
 async def test_no_reconnect_window_ends_the_room_at_once(no_wait_server: ServerThread) -> None:
     server = no_wait_server
     first = await publish(server.url, ROOM)

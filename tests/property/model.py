@@ -189,25 +189,24 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     # -- model helpers ------------------------------------------------------------------------
 
-    def room_of_publisher(self, session: SessionId) -> RoomName | None:
-        """The room ``session`` publishes in (not one it vanished from)."""
+    def room_of_publisher(self, session: SessionId, *, vanished: bool = False) -> RoomName | None:
+        """The room ``session`` publishes in; with ``vanished``, also one it vanished from
+        (its session stays, for its DELETE, until the room ends or is taken over)."""
         for name, room in self.model.items():
-            if room.publisher == session and not room.waiting:
+            if room.publisher == session and (vanished or not room.waiting):
                 return name
         return None
 
-    def wait(self, name: RoomName, reason: EndReason) -> None:
-        """The room's publisher is gone (closed for ``reason``); the room waits for another."""
+    def wait(self, name: RoomName) -> None:
+        """The room's publisher is gone; the room waits for another."""
         room = self.model[name]
-        self.closed[room.publisher] = reason
         room.waiting, room.taking_over = True, False
         self.waits.append((name, room.publisher))
         RUNS[self.name, "rooms waiting for a publisher"] += 1
 
     def end_room(self, name: RoomName, reason: EndReason) -> None:
         room = self.model.pop(name)
-        if not room.waiting:  # (a waiting room's publisher was closed as it vanished)
-            self.closed[room.publisher] = reason
+        self.closed[room.publisher] = reason
         shown = RoomInfo(
             name, has_publisher=True, tracks=room.tracks, subscribers=len(room.subscribers)
         )
@@ -278,8 +277,7 @@ class LifecycleMachine(RuleBasedStateMachine):
                 assert result == Refusal.ROOM_TAKEN, result
                 return multiple()
             assert not isinstance(result, Refusal), result
-            if not model.waiting:
-                self.closed[model.publisher] = EndReason.PUBLISHER_REPLACED
+            self.closed[model.publisher] = EndReason.PUBLISHER_REPLACED
             model.publisher, model.waiting, model.taking_over = result, False, True
             model.taken_over = True
             RUNS[self.name, "rooms taken over"] += 1
@@ -347,29 +345,31 @@ class LifecycleMachine(RuleBasedStateMachine):
     @rule(session=consumes(publishers), failed=st.booleans())
     def publisher_ends_rule(self, session: SessionId, failed: bool) -> None:  # noqa: FBT001  drawn
         self.step(f"publisher {session[:6]} {'fails to publish' if failed else 'leaves'}")
-        name = self.room_of_publisher(session)
+        name = self.room_of_publisher(session, vanished=True)
         ended = self.end_publisher(session, failed=failed)
         assert ended == (name is not None)
         if name is None:
             return
+        if failed and self.model[name].waiting:  # (nothing to fail: it waits already)
+            return
         if failed and self.model[name].tracks:  # a failed takeover: the room waits again
-            self.wait(name, EndReason.PUBLISH_FAILED)
+            self.wait(name)
         else:
             self.end_room(name, EndReason.PUBLISH_FAILED if failed else EndReason.PUBLISHER_LEFT)
 
-    @rule(session=consumes(publishers), connected=st.booleans())
+    @rule(session=publishers, connected=st.booleans())
     def publisher_vanishes_rule(self, session: SessionId, connected: bool) -> None:  # noqa: FBT001  drawn
         self.step(
             f"publisher {session[:6]} vanishes (its transport "
             + ("fails)" if connected else "never came up)")
         )
-        name = self.room_of_publisher(session)
+        name = self.room_of_publisher(session, vanished=True)
         self.publisher_vanishes(session, connected=connected)
-        if name is None:
+        if name is None or self.model[name].waiting:  # (gone already: nothing changes)
             return
         room = self.model[name]
         if room.tracks and (connected or room.taken_over):
-            self.wait(name, EndReason.ICE_FAILED)
+            self.wait(name)
         else:  # it never went live, or its viewers never got media: nothing to keep
             self.end_room(name, EndReason.ICE_FAILED)
 
@@ -488,8 +488,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         # Exactly the model's sessions are live, each with its role; one publisher per room.
         expected: dict[SessionId, tuple[RoomName, Role]] = {}
         for name, room in self.model.items():
-            if not room.waiting:
-                expected[room.publisher] = (name, Role.PUBLISHER)
+            expected[room.publisher] = (name, Role.PUBLISHER)
             expected.update(dict.fromkeys(room.subscribers, (name, Role.SUBSCRIBER)))
         assert seen.sessions == expected, (seen.sessions, expected)
         publishers = Counter(

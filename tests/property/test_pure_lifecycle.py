@@ -45,10 +45,10 @@ class PureLifecycle(LifecycleMachine):
         return None if entry is None else entry.room
 
     def _published_by(self, session: SessionId) -> RoomName | None:
-        """The room ``session`` publishes in (not one it vanished from: its session is
-        closed, as the loop's registry would show)."""
+        """The room ``session`` publishes in, or vanished from (its session stays until the
+        room ends or is taken over)."""
         for name, entry in self.directory.rooms.items():
-            if entry.publisher == session and not entry.waiting:
+            if entry.publisher == session:
                 return name
         return None
 
@@ -93,6 +93,8 @@ class PureLifecycle(LifecycleMachine):
         self, name: RoomName, session: SessionId, reason: EndReason, *, connected: bool = True
     ) -> None:
         """The publisher is gone without a DELETE: the room waits, or ends."""
+        if self.directory.rooms[name].waiting:  # (it waits already)
+            return
         if self.directory.lose(name, session, connected=connected):
             assert self.directory.rooms[name].room.lose(session)
             self._report(name)
@@ -203,9 +205,7 @@ class PureLifecycle(LifecycleMachine):
             for name, entry in self.directory.rooms.items()
         }
         sessions = {
-            entry.publisher: (name, Role.PUBLISHER)
-            for name, entry in self.directory.rooms.items()
-            if not entry.waiting
+            entry.publisher: (name, Role.PUBLISHER) for name, entry in self.directory.rooms.items()
         }
         sessions.update({s: (name, Role.SUBSCRIBER) for s, (name, _) in self.subs.items()})
         routes: dict[SessionId, dict[TrackId, RoutePhase]] = {}
