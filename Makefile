@@ -29,11 +29,20 @@ $(LOCKED): $(LOCK)
 	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
 	touch $(LOCKED)
 
+# minio's keyword-only API (requirements-minio-kwonly.lock), in a directory of its own beside
+# the venv's packages: tests/test_minio_api.py runs the upload tests against it too.
+MINIO_KWONLY := $(VENV)/minio-kwonly
+$(MINIO_KWONLY)/.installed: requirements-minio-kwonly.lock $(LOCKED)
+	rm -rf $(MINIO_KWONLY)
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps --target $(MINIO_KWONLY) \
+	  -r requirements-minio-kwonly.lock
+	touch $@
+
 # golive itself, its C extension compiled (with the machine's compiler and Python's headers,
 # installed when missing) without build isolation by the setuptools the lock pins; built again
 # when a C source changes. The two checks fail when pyproject.toml asks for something the lock
 # does not hold: run `make lock`.
-$(STAMP): $(LOCKED) pyproject.toml $(wildcard setup.py golive/*/*.c golive/*/*.h)
+$(STAMP): $(LOCKED) $(MINIO_KWONLY)/.installed pyproject.toml $(wildcard setup.py golive/*/*.c golive/*/*.h)
 	scripts/install-build-tools $(BIN)/python
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	broken=$$($(BIN)/python -m pip check) || { echo "$$broken"; $(STALE); }

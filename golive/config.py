@@ -76,6 +76,8 @@ DEFAULT_ACTOR_TIMEOUT_SECONDS: Final = 5.0
 # A session not connected (ICE and DTLS) this long after its offer is ended: a client that
 # trickles and vanishes before sending a candidate would otherwise hold it (and a room) forever.
 DEFAULT_SESSION_CONNECT_TIMEOUT_SECONDS: Final = 30.0
+# A room whose publisher vanished (no DELETE) waits this long for a new one, viewers kept.
+DEFAULT_PUBLISHER_RECONNECT_SECONDS: Final = 15.0
 DEFAULT_UPLOAD_RETRY_BASE_SECONDS: Final = 1.0
 DEFAULT_UPLOAD_RETRY_MAX_SECONDS: Final = 60.0
 DEFAULT_UPLOAD_MAX_ATTEMPTS: Final = 10
@@ -446,6 +448,7 @@ class Config:
     shutdown_timeout_seconds: float = DEFAULT_SHUTDOWN_TIMEOUT_SECONDS
     actor_timeout_seconds: float = DEFAULT_ACTOR_TIMEOUT_SECONDS
     session_connect_timeout_seconds: float = DEFAULT_SESSION_CONNECT_TIMEOUT_SECONDS
+    publisher_reconnect_seconds: float = DEFAULT_PUBLISHER_RECONNECT_SECONDS  # 0 = end at once
     upload_retry_base_seconds: float = DEFAULT_UPLOAD_RETRY_BASE_SECONDS
     upload_retry_max_seconds: float = DEFAULT_UPLOAD_RETRY_MAX_SECONDS
     upload_max_attempts: int = DEFAULT_UPLOAD_MAX_ATTEMPTS
@@ -569,6 +572,12 @@ class Config:
                 get("SESSION_CONNECT_TIMEOUT_SECONDS"),
                 DEFAULT_SESSION_CONNECT_TIMEOUT_SECONDS,
                 positive=True,
+            ),
+            publisher_reconnect_seconds=_parse_float(
+                "PUBLISHER_RECONNECT_SECONDS",
+                get("PUBLISHER_RECONNECT_SECONDS"),
+                DEFAULT_PUBLISHER_RECONNECT_SECONDS,
+                positive=False,
             ),
             upload_retry_base_seconds=_parse_float(
                 "UPLOAD_RETRY_BASE_SECONDS",
@@ -718,6 +727,7 @@ class Config:
             "SHUTDOWN_TIMEOUT_SECONDS": self.shutdown_timeout_seconds,
             "ACTOR_TIMEOUT_SECONDS": self.actor_timeout_seconds,
             "SESSION_CONNECT_TIMEOUT_SECONDS": self.session_connect_timeout_seconds,
+            "PUBLISHER_RECONNECT_SECONDS": self.publisher_reconnect_seconds,
             "UPLOAD_RETRY_BASE_SECONDS": self.upload_retry_base_seconds,
             "UPLOAD_RETRY_MAX_SECONDS": self.upload_retry_max_seconds,
             "UPLOAD_MAX_ATTEMPTS": self.upload_max_attempts,

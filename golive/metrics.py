@@ -40,6 +40,7 @@ class Metrics:
     retransmitted: Counter  # golive_rtp_packets_retransmitted_total
     nacks: Counter  # golive_rtcp_nacks_received_total
     keyframe_requests: Counter  # golive_keyframe_requests_total
+    takeovers: Counter  # golive_publisher_takeovers_total
     # hostile input refused on the media plane
     datagrams_dropped: Counter  # golive_media_datagrams_dropped_total{reason}
     receive_errors: Counter  # golive_media_receive_errors_total{error}
@@ -194,6 +195,11 @@ def create_metrics() -> Metrics:
         keyframe_requests=Counter(
             "golive_keyframe_requests",
             "Keyframe requests (PLI) sent to publishers, after coalescing.",
+            registry=registry,
+        ),
+        takeovers=Counter(
+            "golive_publisher_takeovers",
+            "Rooms taken over by a new publisher, their viewers kept (publisher reconnects).",
             registry=registry,
         ),
         recordings_started=Counter(

@@ -20,6 +20,7 @@ from an actor's thread (or ``asyncio.to_thread``), never on the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -80,6 +81,10 @@ class RecordingStore:
                 self._unmark(RECORDING, name)
                 stamp += 1
                 continue
+            except OSError:  # the disk refused (full, read-only): no marker left behind
+                with contextlib.suppress(OSError):
+                    self._unmark(RECORDING, name)
+                raise
             return path
 
     def finish(self, name: str, *, upload: bool) -> None:
@@ -102,6 +107,11 @@ class RecordingStore:
     def pending_uploads(self) -> list[Path]:
         """Finished recordings not confirmed uploaded yet, oldest first."""
         return [self.directory / name for name in self._marked(UPLOAD)]
+
+    def upload_pending(self, name: str) -> bool:
+        """Whether ``name`` still waits for its upload: one look at its marker, whatever the
+        size of the backlog."""
+        return (self._journal / UPLOAD / name).exists()
 
     def uploaded(self, name: str, *, delete: bool) -> None:
         """The upload of ``name`` is confirmed: unmark it, then delete the file if asked."""

@@ -4,11 +4,17 @@
 state itself: every decision is an actor's, asked with a timeout and awaited without blocking
 the loop (:func:`golive.actors.base.reply_of`). It keeps the loop's session registry in step
 with the actors' answers.
+
+Session ids are made here, on the loop, and sent with the claim or the join: an ask that
+times out is undone by a compensating command for that id (``EndRoom``,
+``LeaveSubscriber``), which the actor handles after the late claim or join (its inbox is in
+order) and which does nothing if that was refused. Nothing is left admitted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pykka
 import structlog
@@ -26,6 +32,7 @@ from golive.actors.messages import (
     PeerConnected,
     PeerFailed,
     PublisherClaimed,
+    PublisherLost,
     PublisherReady,
     Refusal,
     Refused,
@@ -35,7 +42,10 @@ from golive.actors.messages import (
     RoomName,
     SessionId,
     SubscriberAdmitted,
+    TrackId,
     TrackInfo,
+    TracksNegotiated,
+    new_session_id,
 )
 from golive.actors.room import room_proxy
 from golive.metrics import Metrics
@@ -70,13 +80,18 @@ class RoomService:
     # -- publish ------------------------------------------------------------------------------
 
     async def publish(
-        self, room: RoomName, endpoint: SessionEndpoint
+        self, room: RoomName, endpoint: SessionEndpoint, *, replaces: SessionId | None = None
     ) -> PublisherClaimed | Refused:
-        """Claim ``room`` for a new publisher (pending until :meth:`publisher_ready`)."""
-        reply = await reply_of(
-            self._directory.claim_publisher(ClaimPublisher(room, self._tracing.carrier())),
-            self._timeout,
-        )
+        """Claim ``room`` for a new publisher (pending until :meth:`publisher_ready`), or take
+        it over: from a publisher that vanished, or from ``replaces``, its publisher, gone
+        silent."""
+        session = new_session_id()
+        claim = ClaimPublisher(room, session, replaces, self._tracing.carrier())
+        try:
+            reply = await reply_of(self._directory.claim_publisher(claim), self._timeout)
+        except TimeoutError:
+            self.abandon_publisher(room, session)
+            raise
         if isinstance(reply, PublisherClaimed):
             self._registry.add(
                 SessionRecord(reply.session, room, Role.PUBLISHER, endpoint, reply.room_actor)
@@ -84,7 +99,10 @@ class RoomService:
         return reply
 
     async def publisher_ready(
-        self, session: SessionId, tracks: tuple[TrackInfo, ...]
+        self,
+        session: SessionId,
+        tracks: tuple[TrackInfo, ...],
+        changed: frozenset[TrackId] = frozenset(),
     ) -> Done | Refused:
         """The publisher's offer was answered: the room goes live with ``tracks``."""
         record = self._registry.get(session)
@@ -93,12 +111,21 @@ class RoomService:
         try:
             return await reply_of(
                 room_proxy(record.room_actor).publisher_ready(
-                    PublisherReady(session, tracks, self._tracing.carrier())
+                    PublisherReady(session, tracks, self._tracing.carrier(), changed)
                 ),
                 self._timeout,
             )
         except pykka.ActorDeadError:
             return Refused(Refusal.UNKNOWN_SESSION)
+
+    def abandon_publisher(self, room: RoomName, session: SessionId) -> None:
+        """Undo a claim whose answer did not come in time, without waiting: the room ends
+        (or, taken over, waits again) once the directory gets to it; nothing if the claim
+        was refused."""
+        log.warning("publish abandoned: the directory did not answer in time", room=room)
+        self._directory.end_room(
+            EndRoom(room, EndReason.PUBLISH_FAILED, session, self._tracing.carrier())
+        )
 
     # -- play ---------------------------------------------------------------------------------
 
@@ -111,13 +138,22 @@ class RoomService:
                 labels = (Role.SUBSCRIBER.value, Refusal.NO_PUBLISHER.value)
                 self._metrics.join_refusals.labels(*labels).inc()
             return Refused(Refusal.NO_PUBLISHER)
+        session = new_session_id()
+        room_actor = room_proxy(ref)
         try:
             reply = await reply_of(
-                room_proxy(ref).join_subscriber(JoinSubscriber(self._tracing.carrier())),
+                room_actor.join_subscriber(JoinSubscriber(session, self._tracing.carrier())),
                 self._timeout,
             )
         except pykka.ActorDeadError:  # the room ended between the lookup and the join
             return Refused(Refusal.NO_PUBLISHER)
+        except TimeoutError:  # undone once the room gets to it (nothing if it refused)
+            log.warning("join abandoned: the room did not answer in time", room=room)
+            with contextlib.suppress(pykka.ActorDeadError):
+                room_actor.leave_subscriber(
+                    LeaveSubscriber(session, EndReason.NEGOTIATION_FAILED, self._tracing.carrier())
+                )
+            raise
         if isinstance(reply, SubscriberAdmitted):
             self._registry.add(
                 SessionRecord(reply.session, room, Role.SUBSCRIBER, endpoint, ref, reply.subscriber)
@@ -142,7 +178,7 @@ class RoomService:
                 ),
                 self._timeout,
             )
-            if isinstance(reply, Refused):
+            if isinstance(reply, Refused | Done):  # (Done: a failed takeover, the room waits)
                 return reply
             await self._stopped(reply)
             return Done()
@@ -162,7 +198,7 @@ class RoomService:
             self._directory.end_room(EndRoom(room, reason, None, self._tracing.carrier())),
             self._timeout,
         )
-        if isinstance(reply, Refused):
+        if not isinstance(reply, RoomEnding):
             return False
         await self._stopped(reply)
         return True
@@ -174,6 +210,12 @@ class RoomService:
         if record is not None and record.actor is not None:
             tell_quietly(record.actor, PeerConnected(session))
 
+    def tracks_negotiated(self, session: SessionId, tracks: frozenset[TrackId]) -> None:
+        """A viewer's offer is matched: its answer carries ``tracks`` (maybe not all the room's)."""
+        record = self._registry.get(session)
+        if record is not None and record.actor is not None:
+            tell_quietly(record.actor, TracksNegotiated(session, tracks))
+
     def peer_failed(self, session: SessionId, reason: EndReason) -> None:
         """The session's transport ended by itself (ICE failure, consent lost, DTLS close)."""
         record = self._registry.get(session)
@@ -182,7 +224,18 @@ class RoomService:
         if record.actor is not None:
             tell_quietly(record.actor, PeerFailed(session, reason))
         else:
-            self._tasks.spawn(self.leave(session, reason))
+            self._tasks.spawn(self._publisher_lost(record, reason))
+
+    async def _publisher_lost(self, record: SessionRecord, reason: EndReason) -> None:
+        """The publisher vanished (no DELETE): its room waits for another, or ends."""
+        reply = await reply_of(
+            self._directory.publisher_lost(
+                PublisherLost(record.room, record.session, reason, self._tracing.carrier())
+            ),
+            self._timeout,
+        )
+        if isinstance(reply, RoomEnding):
+            await self._stopped(reply)
 
     # -- listing ------------------------------------------------------------------------------
 

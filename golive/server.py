@@ -1,8 +1,11 @@
 """Running golive: configuration, logging, the HTTP server, and a graceful shutdown.
 
-SIGTERM or SIGINT: stop accepting, end every session and room (the app's cleanup), stop the
-actors, exit 0. A second signal during that drain forces an immediate exit (status 1).
-SIGUSR1 logs the stack of every thread (every actor has one).
+SIGTERM or SIGINT: stop accepting, let the requests in flight finish (for at most
+:data:`DRAIN_SHARE` of ``SHUTDOWN_TIMEOUT_SECONDS``; those still running are cancelled), end
+every session and room (the app's cleanup: recordings finalized), stop the actors, exit 0, all
+within ``SHUTDOWN_TIMEOUT_SECONDS``. A shutdown that has not finished by then is abandoned
+(logged, exit status 1: recordings not finalized yet are repaired at the next start), and so is
+one that gets a second signal. SIGUSR1 logs the stack of every thread (every actor has one).
 
 HTTP connections are accepted by :func:`golive.http.connections.listen` (the cap, the
 timeouts, JSON for aiohttp's own errors). At start the soft open-file limit is raised to the
@@ -14,12 +17,14 @@ short of descriptors.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import resource
 import signal
 import ssl
 import sys
+from typing import NoReturn
 
 import pykka.debug
 import structlog
@@ -35,6 +40,10 @@ from golive.logs import configure_logging
 log = structlog.get_logger(__name__)
 
 FORCED_EXIT_STATUS = 1
+#: The share of ``SHUTDOWN_TIMEOUT_SECONDS`` the HTTP requests in flight get to finish; the
+#: rest is kept for ending every room and session, finalizing the recordings and stopping
+#: the actors (under a second with hundreds of sessions: a slow client cannot take it all).
+DRAIN_SHARE = 0.5
 
 
 def main() -> int:
@@ -108,14 +117,14 @@ async def serve(
     def on_signal(signum: int) -> None:
         if stopping.is_set():
             log.warning("second signal: forced exit", signal=signal.Signals(signum).name)
-            os._exit(FORCED_EXIT_STATUS)
+            _forced_exit()
         log.info("shutting down", signal=signal.Signals(signum).name)
         stopping.set()
 
     runner = web.AppRunner(
         create_app(config),
         handle_signals=False,
-        shutdown_timeout=config.shutdown_timeout_seconds,
+        shutdown_timeout=config.shutdown_timeout_seconds * DRAIN_SHARE,
     )
     await runner.setup()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -142,14 +151,35 @@ async def serve(
         if started is not None:
             started.set()
         await stopping.wait()
-        # Stage 1: stop accepting; stage 2: the app's cleanup ends every room and the actors.
+        # Stage 1: stop accepting, drain the requests in flight; stage 2: the app's cleanup
+        # ends every room and stops the actors. Both within SHUTDOWN_TIMEOUT_SECONDS.
+        # (Not wait_for: cancelling the cleanup would not stop it, aiohttp runs every cleanup
+        # step whatever the one before raised, cancellation included.)
         listener.close()
-        await asyncio.wait_for(runner.cleanup(), timeout=config.shutdown_timeout_seconds * 2)
+        cleanup = asyncio.ensure_future(runner.cleanup())
+        await asyncio.wait({cleanup}, timeout=config.shutdown_timeout_seconds)
+        if not cleanup.done():
+            log.error(
+                "shutdown did not finish within SHUTDOWN_TIMEOUT_SECONDS: forced exit; "
+                "recordings not finalized are repaired at the next start",
+                timeout=config.shutdown_timeout_seconds,
+            )
+            _forced_exit()
+        cleanup.result()  # what went wrong in it, if anything
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             loop.remove_signal_handler(signum)
     log.info("golive stopped")
     return 0
+
+
+def _forced_exit() -> NoReturn:
+    """Exit at once with :data:`FORCED_EXIT_STATUS`: no cleanup, no waiting for the actors'
+    threads; the logs written so far are flushed first."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(FORCED_EXIT_STATUS)
 
 
 def freeze_start_up_objects() -> int:

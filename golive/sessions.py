@@ -111,6 +111,10 @@ class SessionRegistry:
     def tracks(self) -> list[TrackKey]:
         return list(self._tables)
 
+    def published(self) -> list[TrackKey]:
+        """Every track on the packet path (its loop-side object registered), routed or not."""
+        return list(self._tracks)
+
     def routes(self, track: TrackKey) -> RoutingTable | None:
         return self._tables.get(track)
 

@@ -71,7 +71,7 @@ class S3Server:
     def client(self) -> Minio:
         """A second, independent client to look at what the uploader stored."""
         return Minio(
-            self.endpoint,
+            endpoint=self.endpoint,
             access_key=ACCESS_KEY,
             secret_key=SECRET_KEY,
             secure=False,

@@ -148,10 +148,16 @@ class World:
         assert await self.rooms.publisher_ready(claim.session, tracks) == Done()
         return claim, endpoint
 
-    async def viewer(self, name: str) -> tuple[SubscriberAdmitted, ProbeEndpoint]:
+    async def viewer(
+        self, name: str, tracks: frozenset[TrackId] | None = None
+    ) -> tuple[SubscriberAdmitted, ProbeEndpoint]:
+        """A viewer admitted, its offer matched on ``tracks`` (by default all the room's)."""
         endpoint = ProbeEndpoint(f"viewer of {name}")
         admitted = await self.rooms.subscribe(RoomName(name), endpoint)
         assert isinstance(admitted, SubscriberAdmitted), admitted
+        if tracks is None:
+            tracks = frozenset(track.track_id for track in admitted.tracks)
+        self.rooms.tracks_negotiated(admitted.session, tracks)
         return admitted, endpoint
 
     def gauge(self, name: str, **labels: str) -> float | None:
@@ -328,10 +334,16 @@ async def test_subscriber_phases_follow_the_peer_and_the_fanouts(world: World) -
 
 @pytest.mark.asyncio
 async def test_a_viewers_routes_are_installed_before_its_peer_connects(world: World) -> None:
-    """Asked for at admission: when DTLS comes up the loop forwards at once, with no actor
-    message between (three thread hand-offs, each up to a GIL switch interval under load)."""
+    """Asked for as its offer is matched: when DTLS comes up the loop forwards at once, with
+    no actor message between (three thread hand-offs, each up to a GIL switch interval under
+    load)."""
     await world.live_room("r")
-    admitted, _ = await world.viewer("r")
+    endpoint = ProbeEndpoint("viewer")
+    admitted = await world.rooms.subscribe(RoomName("r"), endpoint)
+    assert isinstance(admitted, SubscriberAdmitted)
+    await settle(admitted.subscriber, *pykka.ActorRegistry.get_all())
+    assert all(world.registry.targets(key) == () for key in world.registry.tracks())
+    world.rooms.tracks_negotiated(admitted.session, frozenset({VIDEO.track_id, AUDIO.track_id}))
     await settle(admitted.subscriber, *pykka.ActorRegistry.get_all())
     phases = {
         key.track_id: [(r.session, p) for r, p in world.registry.targets(key)]
@@ -343,6 +355,40 @@ async def test_a_viewers_routes_are_installed_before_its_peer_connects(world: Wo
     }
     proxy = subscriber_proxy(admitted.subscriber)
     assert await reply_of(proxy.describe(), TIMEOUT) is SubscriberPhase.NEGOTIATING
+
+
+@pytest.mark.asyncio
+async def test_a_viewer_of_some_tracks_is_routed_on_them_alone_and_becomes_active(
+    world: World,
+) -> None:
+    """An audio-only viewer of an audio and video room: no route waits for a video keyframe
+    it will never get; it is active once connected, and leaves no route behind."""
+    await world.live_room("r")
+    admitted, endpoint = await world.viewer("r", frozenset({AUDIO.track_id}))
+    proxy = subscriber_proxy(admitted.subscriber)
+    world.rooms.peer_connected(admitted.session)
+    await settle(admitted.subscriber, *pykka.ActorRegistry.get_all(), admitted.subscriber)
+    routes = {
+        key.track_id: [(r.session, p) for r, p in world.registry.targets(key)]
+        for key in world.registry.tracks()
+    }
+    assert routes == {"v": [], "a": [(admitted.session, RoutePhase.FORWARDING)]}
+    assert await reply_of(proxy.describe(), TIMEOUT) is SubscriberPhase.ACTIVE
+    # A second match (none is sent, but an actor must not trust that) changes nothing.
+    world.rooms.tracks_negotiated(admitted.session, frozenset({VIDEO.track_id}))
+    await settle(admitted.subscriber, *pykka.ActorRegistry.get_all())
+    assert (
+        world.registry.targets(next(k for k in world.registry.tracks() if k.track_id == "v")) == ()
+    )
+
+    assert await world.rooms.leave(admitted.session, EndReason.CLIENT_LEFT) == Done()
+    assert endpoint.closed is EndReason.CLIENT_LEFT
+    await settle(*pykka.ActorRegistry.get_all())
+    assert all(
+        table.routes == ()
+        for key in world.registry.tracks()
+        if (table := world.registry.routes(key))
+    )
 
 
 @pytest.mark.asyncio

@@ -71,6 +71,7 @@ ALL_VARIABLES = frozenset(
         "SHUTDOWN_TIMEOUT_SECONDS",
         "ACTOR_TIMEOUT_SECONDS",
         "SESSION_CONNECT_TIMEOUT_SECONDS",
+        "PUBLISHER_RECONNECT_SECONDS",
         "UPLOAD_RETRY_BASE_SECONDS",
         "UPLOAD_RETRY_MAX_SECONDS",
         "UPLOAD_MAX_ATTEMPTS",
@@ -140,6 +141,7 @@ FULL_ENV = {
     "SHUTDOWN_TIMEOUT_SECONDS": "2.5",
     "ACTOR_TIMEOUT_SECONDS": "0.75",
     "SESSION_CONNECT_TIMEOUT_SECONDS": "12.5",
+    "PUBLISHER_RECONNECT_SECONDS": "0",
     "UPLOAD_RETRY_BASE_SECONDS": "0.5",
     "UPLOAD_RETRY_MAX_SECONDS": "30",
     "UPLOAD_MAX_ATTEMPTS": "4",
@@ -213,6 +215,7 @@ def test_defaults() -> None:
     assert config.shutdown_timeout_seconds == 10
     assert config.actor_timeout_seconds == 5
     assert config.session_connect_timeout_seconds == 30
+    assert config.publisher_reconnect_seconds == 15
     assert config.turn_secret == ""
     assert config.turn_credential_ttl_seconds == 86400
     assert config.http_header_timeout_seconds == 10
@@ -291,6 +294,7 @@ def test_every_variable_set() -> None:
     assert config.shutdown_timeout_seconds == 2.5
     assert config.actor_timeout_seconds == 0.75
     assert config.session_connect_timeout_seconds == 12.5
+    assert config.publisher_reconnect_seconds == 0
     assert config.turn_credential_ttl_seconds == 3600
     assert config.http_header_timeout_seconds == 2.5
     assert config.http_body_timeout_seconds == 7
@@ -505,6 +509,8 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("ACTOR_TIMEOUT_SECONDS", "soon"),
     ("SESSION_CONNECT_TIMEOUT_SECONDS", "0"),
     ("SESSION_CONNECT_TIMEOUT_SECONDS", "later"),
+    ("PUBLISHER_RECONNECT_SECONDS", "-1"),
+    ("PUBLISHER_RECONNECT_SECONDS", "soon"),
     ("UPLOAD_RETRY_BASE_SECONDS", "0"),
     ("UPLOAD_RETRY_MAX_SECONDS", "forever"),
     ("UPLOAD_MAX_ATTEMPTS", "0"),

@@ -283,6 +283,58 @@ async def test_numbering_is_continuous_across_a_publisher_restart(
         assert viewer.output.source == 0xB
 
 
+async def test_a_new_publisher_feeds_the_track_from_its_keyframe_numbering_continued(
+    video: Callable[[int], Room], actors: Callable[[], pykka.ActorRef[Collector]]
+) -> None:
+    """A publisher takes the room over: the track's source changes. Each viewer waits for
+    the new publisher's keyframe (its interframes before are not sent), then goes on right
+    after its last packet; the old publisher's receiver feeds nothing more; the fanout is not
+    told again, and a keyframe is asked of the new publisher."""
+    room = video(2)
+    fanout = actors()
+    room.route(fanout=fanout)
+    room.send(100, 50_000, KEYFRAME, ssrc=0xA)
+    room.send(101, 53_000, INTERFRAME, ssrc=0xA)
+    room.track.want_keyframe()  # asked of the old publisher just now
+    old = room.publisher
+    new = Publisher()
+    info = TrackInfo(TrackId("v"), MediaKind.VIDEO, "video/VP8")
+    room.track.switch_source(new, VP8, info, SessionId("successor"), compatible=True)
+    assert old.sink is None
+    assert room.track.publisher == "successor"
+    assert new.keyframe_requests == 1
+    room.publisher = new
+    room.send(7_000, 9_000_000, INTERFRAME, ssrc=0xB)  # mid-stream: nobody starts on it
+    room.send(7_001, 9_003_000, KEYFRAME, ssrc=0xB)
+    room.send(7_002, 9_006_000, INTERFRAME, ssrc=0xB)
+    for viewer in room.viewers:
+        packets = viewer.received()
+        seqs = [numbers(p)[0] for p in packets]
+        stamps = [numbers(p)[1] for p in packets]
+        assert seqs == [(seqs[0] + n) & 0xFFFF for n in range(4)]
+        assert [p[12:] for p in packets] == [KEYFRAME, INTERFRAME, KEYFRAME, INTERFRAME]
+        assert 0 < (stamps[2] - stamps[1]) & 0xFFFFFFFF < 0x80000000  # the clock goes on
+        assert (stamps[3] - stamps[2]) & 0xFFFFFFFF == 3000
+        assert {numbers(p)[2] for p in packets} == {viewer.ssrc}
+    assert len(told(fanout)) == 2  # each viewer's first keyframe, once
+
+
+async def test_a_new_publisher_with_another_codec_feeds_no_existing_viewer(
+    video: Callable[[int], Room],
+) -> None:
+    room = video(1)
+    room.route()
+    room.send(100, 50_000, KEYFRAME, ssrc=0xA)
+    new = Publisher()
+    h264 = RTCRtpCodecParameters(mimeType="video/H264", clockRate=90000, payloadType=102)
+    info = TrackInfo(TrackId("v"), MediaKind.VIDEO, "video/H264")
+    room.track.switch_source(new, h264, info, SessionId("successor"), compatible=False)
+    room.publisher = new
+    room.send(7_000, 9_000_000, bytes([0x65, 0x88]), ssrc=0xB)  # an H.264 IDR slice
+    assert len(room.viewers[0].received()) == 1  # the VP8 keyframe alone
+    assert room.track.codec is h264
+
+
 async def test_a_closed_or_failing_viewer_is_skipped_and_the_others_get_everything(
     video: Callable[[int], Room],
 ) -> None:

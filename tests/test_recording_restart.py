@@ -50,16 +50,19 @@ def test_a_restart_repairs_and_uploads_what_the_last_process_left(tmp_path: Path
             client = s3.client()
 
             def uploaded() -> set[str]:
-                if not client.bucket_exists(bucket):
+                if not client.bucket_exists(bucket_name=bucket):
                     return set()
-                return {o.object_name or "" for o in client.list_objects(bucket)}
+                return {o.object_name or "" for o in client.list_objects(bucket_name=bucket)}
 
             wait_until(lambda: uploaded() == {interrupted.name, finished.name}, timeout=30)
             wait_until(lambda: store.pending_uploads() == [], timeout=10)
         assert store.interrupted() == []
         for path in (interrupted, finished):  # kept (no DELETE_RECORDING_AFTER_UPLOAD)
             assert decode_errors(path) == ""
-            assert client.get_object(bucket, path.name).read() == path.read_bytes()
+            assert (
+                client.get_object(bucket_name=bucket, object_name=path.name).read()
+                == path.read_bytes()
+            )
     finally:
         s3.reset()
         s3.stop()

@@ -55,6 +55,7 @@ class Room:
             "hasPublisher": True,
             "tracks": len(self.tracks),
             "subscribers": len(self.viewers),
+            "waiting": False,
             "trackList": [
                 {"id": t.track_id, "kind": t.kind.value, "codec": t.codec} for t in self.tracks
             ],

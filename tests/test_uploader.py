@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import pykka
 import pytest
@@ -30,11 +30,15 @@ from minio.error import S3Error
 
 from golive.actors.messages import UploadRecording
 from golive.actors.uploader import (
+    S3_MAX_PARTS,
+    S3_MIN_PART_SIZE,
     RetryPolicy,
     S3Target,
     UploaderActor,
     UploaderProxy,
     minio_client,
+    part_count,
+    part_size_for,
     s3_etag,
     uploader_proxy,
 )
@@ -161,17 +165,14 @@ def no_retry_timer() -> bool:
 
 
 def object_bytes(client: Minio, bucket: str, key: str) -> bytes:
-    response = client.get_object(bucket, key)
-    try:
-        return response.read()
-    finally:
-        response.close()
-        response.release_conn()
+    with contextlib.closing(client.get_object(bucket_name=bucket, object_name=key)) as response:
+        data: bytes = response.read()
+        return data
 
 
 def object_exists(client: Minio, bucket: str, key: str) -> bool:
     try:
-        client.stat_object(bucket, key)
+        client.stat_object(bucket_name=bucket, object_name=key)
     except S3Error as exc:
         if exc.code in {"NoSuchKey", "NoSuchBucket"}:
             return False
@@ -193,7 +194,7 @@ def test_uploads_under_the_prefix_and_keeps_the_file(s3: S3Server, store: Record
         assert proxy.pending().get(timeout=TIMEOUT) == ()
     key = f"recordings/{path.name}"
     assert object_bytes(s3.client(), config.s3_bucket, key) == data
-    stat = s3.client().stat_object(config.s3_bucket, key)
+    stat = s3.client().stat_object(bucket_name=config.s3_bucket, object_name=key)
     assert stat.etag == hashlib.md5(data, usedforsecurity=False).hexdigest()
     assert path.read_bytes() == data  # DELETE_RECORDING_AFTER_UPLOAD=0
     assert not marked(store, path)
@@ -235,18 +236,21 @@ class TamperingMinio(Minio):
     """A real client, but after each upload another writer replaces the object with bytes of
     the same length: what the uploader finds in the bucket is not its file."""
 
-    def put_object(  # type: ignore[override]  # minio's own signature is untyped in parts
-        self, bucket_name: str, object_name: str, data: BinaryIO, length: int, **kwargs: Any
-    ) -> Any:
-        result = super().put_object(bucket_name, object_name, data, length, **kwargs)
-        other = bytes(length)
-        super().put_object(bucket_name, object_name, io.BytesIO(other), length)
+    def put_object(self, **kwargs: Any) -> Any:  # type: ignore[override]  # keywords only
+        result = super().put_object(**kwargs)
+        length = kwargs["length"]
+        super().put_object(
+            bucket_name=kwargs["bucket_name"],
+            object_name=kwargs["object_name"],
+            data=io.BytesIO(bytes(length)),
+            length=length,
+        )
         return result
 
 
 def tampering_client(target: S3Target) -> Minio:
     return TamperingMinio(
-        target.endpoint,
+        endpoint=target.endpoint,
         access_key=target.access_key,
         secret_key=target.secret_key,
         secure=target.use_ssl,
@@ -364,7 +368,7 @@ def test_multipart_upload_is_confirmed(s3: S3Server, store: RecordingStore) -> N
         ref.tell(UploadRecording(path))
         wait_until(lambda: succeeded(metrics) == 1, timeout=TIMEOUT, what="the upload")
     key = f"recordings/{path.name}"
-    stat = s3.client().stat_object(config.s3_bucket, key)
+    stat = s3.client().stat_object(bucket_name=config.s3_bucket, object_name=key)
     part = 5 * 1024 * 1024
     digests = b"".join(
         hashlib.md5(data[i : i + part], usedforsecurity=False).digest()
@@ -374,6 +378,50 @@ def test_multipart_upload_is_confirmed(s3: S3Server, store: RecordingStore) -> N
     assert stat.size == len(data)
     assert object_bytes(s3.client(), config.s3_bucket, key) == data
     assert not path.exists()
+
+
+def count_listings(monkeypatch: pytest.MonkeyPatch, folder: Path) -> list[int]:
+    """How many times ``folder`` is listed (``os.scandir``, ``os.listdir``) from now on, in
+    any thread: a one-item list the listings update. The real functions do the listing."""
+    listings = [0]
+    real_scandir, real_listdir = os.scandir, os.listdir
+
+    def scandir(path: Any = ".") -> Any:
+        if Path(path) == folder:
+            listings[0] += 1
+        return real_scandir(path)
+
+    def listdir(path: Any = ".") -> list[Any]:
+        if Path(path) == folder:
+            listings[0] += 1
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(os, "listdir", listdir)
+    return listings
+
+
+def test_a_backlog_is_listed_once_not_at_every_attempt(
+    s3_down: S3Server, store: RecordingStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review bug 6: every attempt listed the whole journal to see whether its file was
+    still pending, so a backlog of N recordings after an S3 outage cost N listings of N
+    markers per round of attempts. The journal is listed once, at start."""
+    backlog = 30
+    paths = [record(store, os.urandom(200), track=f"t{i}") for i in range(backlog)]
+    listings = count_listings(monkeypatch, store.directory / ".golive" / "upload")
+    config = make_config(s3_down, store, base=0.05, cap=0.1)
+    metrics = create_metrics()
+    with running_uploader(config, store, metrics):
+        wait_until(lambda: retries(metrics) >= 2 * backlog, timeout=TIMEOUT, what="attempts")
+        s3_down.start()
+        wait_until(lambda: succeeded(metrics) == backlog, timeout=30, what="every upload")
+    assert listings == [1]  # the start-up scan, and no other
+    assert store.pending_uploads() == []
+    client = s3_down.client()
+    for path in paths:
+        key = f"recordings/{path.name}"
+        assert object_bytes(client, config.s3_bucket, key) == path.read_bytes()
 
 
 def test_stop_while_backing_off_keeps_everything(s3_down: S3Server, store: RecordingStore) -> None:
@@ -450,18 +498,33 @@ def test_retry_policy_rejects_nonsense() -> None:
         RetryPolicy(base_seconds=1.0, max_seconds=1.0, max_attempts=0)
 
 
+MIB = 1024 * 1024
+
+
 @pytest.mark.parametrize(
-    ("size", "suffix"),
-    [(0, ""), (5 * 1024 * 1024, ""), (5 * 1024 * 1024 + 1, "-2"), (10 * 1024 * 1024, "-2")],
+    ("size", "part_size", "parts"),
+    [(0, 5 * MIB, 1), (5 * MIB, 5 * MIB, 1), (5 * MIB + 1, 5 * MIB, 2), (13 * MIB, 6 * MIB, 3)],
 )
-def test_s3_etag(size: int, suffix: str) -> None:
+def test_s3_etag(size: int, part_size: int, parts: int) -> None:
     data = random.Random(size).randbytes(size)  # noqa: S311  test data
-    etag = s3_etag(io.BytesIO(data), size)
-    if not suffix:
+    etag = s3_etag(io.BytesIO(data), size, part_size)
+    if parts == 1:
         assert etag == hashlib.md5(data, usedforsecurity=False).hexdigest()
-    else:
-        assert etag.endswith(suffix)
-        assert len(etag) == 32 + len(suffix)
+        return
+    digests = b"".join(
+        hashlib.md5(data[i : i + part_size], usedforsecurity=False).digest()
+        for i in range(0, size, part_size)
+    )
+    assert etag == f"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{parts}"
+
+
+@given(size=st.integers(min_value=0, max_value=5 * 1024**4))  # S3's largest object: 5 TiB
+def test_part_size_is_s3s_smallest_that_fits_in_its_part_count(size: int) -> None:
+    part_size = part_size_for(size)
+    assert part_size % S3_MIN_PART_SIZE == 0
+    assert part_count(size, part_size) <= S3_MAX_PARTS
+    if part_size > S3_MIN_PART_SIZE:  # no smaller part size would do
+        assert part_count(size, part_size - S3_MIN_PART_SIZE) > S3_MAX_PARTS
 
 
 def test_target_from_config_hides_the_credentials(tmp_path: Path) -> None:

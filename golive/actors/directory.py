@@ -7,6 +7,12 @@ here too (the publisher leaving, a failed publish, an admin close, shutdown), so
 is free again the moment the caller hears back. The directory only *tells* rooms; it never
 waits on one, and rooms never ask it anything.
 
+A publisher that vanishes without a DELETE (its transport failed) does not end a room that
+has gone live, when reconnects are allowed (``PUBLISHER_RECONNECT_SECONDS``): the room
+*waits*, its viewers connected, until a new publisher claims it (a *takeover*: the room, its
+tracks and its viewers are the new publisher's) or the window passes. A claim may also take
+over a live room whose publisher the loop saw go silent (``ClaimPublisher.replaces``).
+
 It also holds what each room shows in ``GET /api/rooms``: a room tells it every change
 (:class:`RoomChanged`), so listing every room is one ask to the directory, whatever the number
 of rooms, and a busy or stalled room delays no listing.
@@ -14,6 +20,7 @@ of rooms, and a busy or stalled room delays no listing.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar, cast
 
@@ -26,10 +33,14 @@ from golive.actors.base import GoliveActor, guarded, stop_all, tell_quietly, tra
 from golive.actors.messages import (
     ClaimPublisher,
     CloseRoom,
+    Done,
     EndAllRooms,
     EndReason,
     EndRoom,
     PublisherClaimed,
+    PublisherGone,
+    PublisherLost,
+    ReconnectExpired,
     Refusal,
     Refused,
     Role,
@@ -39,7 +50,7 @@ from golive.actors.messages import (
     RoomInfo,
     RoomName,
     SessionId,
-    new_session_id,
+    TakeOver,
 )
 from golive.actors.ports import LoopPort
 from golive.actors.recorder import RecordingSettings
@@ -55,6 +66,12 @@ class DirectoryEntry(Generic[H]):
     publisher: SessionId
     room: H
     info: RoomInfo  # what the room last reported of itself
+    waiting: bool = False  # the publisher is gone: the room waits for a takeover
+
+    @property
+    def has_audience(self) -> bool:
+        """The room has gone live (its tracks are known): viewers may be kept for a takeover."""
+        return bool(self.info.tracks)
 
 
 def claimed(room: RoomName) -> RoomInfo:
@@ -68,24 +85,56 @@ class DirectoryState(Generic[H]):
 
     rooms: dict[RoomName, DirectoryEntry[H]] = field(default_factory=dict)
     accepting: bool = True
+    reconnect: bool = False  # a room whose publisher vanished waits for another
     # listing()'s answer, kept until a room comes, goes or changes: the same tuple each time,
     # so whoever renders it can keep the rendering too.
     _listing: tuple[RoomInfo, ...] | None = field(
         default=None, init=False, repr=False, compare=False
     )
 
-    def can_claim(self, room: RoomName) -> Refusal | None:
+    def can_claim(self, room: RoomName, replaces: SessionId | None = None) -> Refusal | None:
+        """None if ``room`` is free or may be taken over (see :meth:`takes_over`)."""
         if not self.accepting:
             return Refusal.SHUTTING_DOWN
-        if room in self.rooms:
-            return Refusal.ROOM_TAKEN
-        return None
+        entry = self.rooms.get(room)
+        if entry is None or self.takes_over(room, replaces):
+            return None
+        return Refusal.ROOM_TAKEN
+
+    def takes_over(self, room: RoomName, replaces: SessionId | None = None) -> bool:
+        """A claim on ``room`` is a takeover: the room waits for a publisher, or the claimant
+        saw its live publisher (``replaces``) go silent."""
+        entry = self.rooms.get(room)
+        if entry is None or not self.accepting:
+            return False
+        return entry.waiting or (
+            self.reconnect and entry.has_audience and replaces == entry.publisher
+        )
 
     def add(self, room: RoomName, publisher: SessionId, handle: H) -> None:
-        if self.can_claim(room) is not None:
+        if room in self.rooms or self.can_claim(room) is not None:
             raise ValueError(f"room {room} cannot be claimed")
         self.rooms[room] = DirectoryEntry(publisher, handle, claimed(room))
         self._listing = None
+
+    def take_over(self, room: RoomName, publisher: SessionId) -> DirectoryEntry[H]:
+        """``publisher`` takes ``room`` over; the entry as it was before."""
+        entry = self.rooms[room]
+        self.rooms[room] = replace(entry, publisher=publisher, waiting=False)
+        self._listing = None
+        return entry
+
+    def lose(self, room: RoomName, publisher: SessionId) -> bool:
+        """``publisher`` is gone without a DELETE. True if its room now waits for another
+        (reconnects allowed, the room has gone live); False if it must end (or is gone)."""
+        entry = self.rooms.get(room)
+        if entry is None or entry.publisher != publisher or entry.waiting:
+            return False
+        if not (self.reconnect and self.accepting and entry.has_audience):
+            return False
+        self.rooms[room] = replace(entry, waiting=True)
+        self._listing = None
+        return True
 
     def remove(
         self, room: RoomName, publisher: SessionId | None = None
@@ -115,7 +164,9 @@ class DirectoryState(Generic[H]):
         until a room comes, goes or reports a change."""
         if self._listing is None:
             self._listing = tuple(
-                entry.info for _, entry in sorted(self.rooms.items()) if entry.info.has_publisher
+                entry.info
+                for _, entry in sorted(self.rooms.items())
+                if entry.info.has_publisher or entry.info.waiting
             )
         return self._listing
 
@@ -140,10 +191,15 @@ class DirectoryActor(GoliveActor):
         stop_timeout: float,
         recording: RecordingSettings | None = None,
         tracing: Tracing | None = None,
+        reconnect_seconds: float = 0.0,
     ) -> None:
         super().__init__(tracing)
         self._recording = recording
-        self._state: DirectoryState[pykka.ActorRef[Any]] = DirectoryState()
+        self._state: DirectoryState[pykka.ActorRef[Any]] = DirectoryState(
+            reconnect=reconnect_seconds > 0
+        )
+        self._reconnect_seconds = reconnect_seconds
+        self._deadlines: dict[RoomName, threading.Timer] = {}  # waiting rooms' windows
         self._port = port
         self._metrics = metrics
         self._max_subscribers = max_subscribers
@@ -154,14 +210,15 @@ class DirectoryActor(GoliveActor):
     @traced("directory.claim_publisher")
     def claim_publisher(self, message: ClaimPublisher) -> PublisherClaimed | Refused:
         span = trace.get_current_span()
-        span.set_attribute("golive.room", message.room)
-        refusal = self._state.can_claim(message.room)
+        session = message.session
+        span.set_attributes({"golive.room": message.room, "golive.session": session})
+        refusal = self._state.can_claim(message.room, message.replaces)
         if refusal is not None:
             self._metrics.join_refusals.labels(Role.PUBLISHER.value, refusal.value).inc()
             span.set_attribute("golive.refusal", refusal.value)
             return Refused(refusal)
-        session = new_session_id()
-        span.set_attribute("golive.session", session)
+        if self._state.takes_over(message.room, message.replaces):
+            return self._take_over(message.room, session)
         ref = RoomActor.start(
             message.room,
             session,
@@ -178,16 +235,70 @@ class DirectoryActor(GoliveActor):
         self._count_rooms()
         return PublisherClaimed(message.room, session, ref)
 
+    def _take_over(self, room: RoomName, session: SessionId) -> PublisherClaimed:
+        previous = self._state.take_over(room, session)
+        self._cancel_deadline(room)
+        if not previous.waiting:  # its publisher was live, if silent: it ends now
+            self._publisher_ended(EndReason.PUBLISHER_REPLACED)
+        self._metrics.sessions.labels(Role.PUBLISHER.value).inc()
+        self._metrics.takeovers.inc()
+        trace.get_current_span().set_attribute("golive.takeover", previous.publisher)
+        tell_quietly(previous.room, TakeOver(session, previous.publisher, self.tracing.carrier()))
+        return PublisherClaimed(room, session, previous.room, takeover=True)
+
+    @guarded
+    @traced("directory.publisher_lost")
+    def publisher_lost(self, message: PublisherLost) -> Done | RoomEnding | Refused:
+        """The publisher's transport ended without a DELETE: its room waits for another
+        publisher (:class:`Done`) or ends, as :meth:`end_room`."""
+        return self._lose_or_end(message.room, message.publisher, message.reason)
+
+    def _lose_or_end(
+        self, room: RoomName, publisher: SessionId, reason: EndReason
+    ) -> Done | RoomEnding | Refused:
+        span = trace.get_current_span()
+        span.set_attributes({"golive.room": room, "golive.reason": reason.value})
+        if not self._state.lose(room, publisher):
+            return self._end_room(room, reason, publisher)
+        entry = self._state.rooms[room]
+        span.set_attribute("golive.waiting", True)
+        self._publisher_ended(reason)
+        timer = threading.Timer(
+            self._reconnect_seconds,
+            tell_quietly,
+            (self.actor_ref, ReconnectExpired(room, publisher)),
+        )
+        timer.daemon = True
+        self._cancel_deadline(room)
+        self._deadlines[room] = timer
+        timer.start()
+        tell_quietly(entry.room, PublisherGone(publisher, reason, self.tracing.carrier()))
+        return Done()
+
+    def _cancel_deadline(self, room: RoomName) -> None:
+        timer = self._deadlines.pop(room, None)
+        if timer is not None:
+            timer.cancel()
+
     @guarded
     @traced("directory.end_room")
-    def end_room(self, message: EndRoom) -> RoomEnding | Refused:
+    def end_room(self, message: EndRoom) -> RoomEnding | Refused | Done:
+        """End the room. A publish that failed in a room taken over (negotiation, a timeout)
+        does not end it: the room goes back to waiting (:class:`Done`)."""
+        if message.reason is EndReason.PUBLISH_FAILED and message.publisher is not None:
+            return self._lose_or_end(message.room, message.publisher, message.reason)
+        return self._end_room(message.room, message.reason, message.publisher)
+
+    def _end_room(
+        self, room: RoomName, reason: EndReason, publisher: SessionId | None
+    ) -> RoomEnding | Refused:
         span = trace.get_current_span()
-        span.set_attributes({"golive.room": message.room, "golive.reason": message.reason.value})
-        entry = self._state.remove(message.room, message.publisher)
+        span.set_attributes({"golive.room": room, "golive.reason": reason.value})
+        entry = self._state.remove(room, publisher)
         if isinstance(entry, Refusal):
             span.set_attribute("golive.refusal", entry.value)
             return Refused(entry)
-        return self._close(message.room, entry, message.reason)
+        return self._close(room, entry, reason)
 
     @guarded
     @traced("directory.end_all")
@@ -215,11 +326,20 @@ class DirectoryActor(GoliveActor):
         match message:
             case RoomChanged(publisher=publisher, info=info):
                 self._state.room_changed(publisher, info)
+            case ReconnectExpired(room=room, publisher=publisher):
+                entry = self._state.rooms.get(room)
+                if entry is not None and entry.waiting and entry.publisher == publisher:
+                    self._log.info("no publisher took over in time", room=room)
+                    self._end_room(room, EndReason.PUBLISHER_GONE, publisher)
             case RoomCrashed(room=room, actor_urn=urn):
                 entry = self._state.rooms.get(room)
                 if entry is not None and entry.room.actor_urn == urn:
                     self._state.remove(room)
-                    self._publisher_ended(EndReason.ROOM_FAILED)
+                    self._cancel_deadline(room)
+                    if not entry.waiting:  # (a waiting room's publisher was counted out)
+                        self._publisher_ended(EndReason.ROOM_FAILED)
+                    else:
+                        self._count_rooms()
                     self._log.error("room crashed and was removed", room=room)
             case _:
                 super().handle(message)
@@ -242,7 +362,11 @@ class DirectoryActor(GoliveActor):
     ) -> RoomEnding:
         # The room's span for closing is a child of the current one (end_room, end_all).
         tell_quietly(entry.room, CloseRoom(reason, self.tracing.carrier()))
-        self._publisher_ended(reason)
+        self._cancel_deadline(name)
+        if entry.waiting:  # its publisher was counted out when it vanished
+            self._count_rooms()
+        else:
+            self._publisher_ended(reason)
         return RoomEnding(name, entry.room)
 
     def _publisher_ended(self, reason: EndReason) -> None:
@@ -256,6 +380,7 @@ class DirectoryActor(GoliveActor):
 
 class DirectoryProxy(ActorMemberMixin, pykka.ActorProxy[DirectoryActor]):
     claim_publisher = proxy_method(DirectoryActor.claim_publisher)
+    publisher_lost = proxy_method(DirectoryActor.publisher_lost)
     end_room = proxy_method(DirectoryActor.end_room)
     end_all = proxy_method(DirectoryActor.end_all)
     lookup = proxy_method(DirectoryActor.lookup)

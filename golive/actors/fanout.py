@@ -144,6 +144,15 @@ class FanoutActor(GoliveActor):
     def describe(self) -> RoutingTable:
         return self._state.table()
 
+    @guarded
+    def set_recorder(self, recorder: pykka.ActorRef[Any] | None) -> None:
+        """Name ``recorder`` in the tables from now on (a new publisher took the room over).
+        The table is published before this returns, so the loop has it before the room's
+        next answer."""
+        self._recorder = recorder
+        self._state.version += 1
+        self._publish()
+
     def handle(self, message: Any) -> None:
         match message:
             case RouteReady(session=session, subscriber=subscriber):
@@ -182,6 +191,7 @@ class FanoutActor(GoliveActor):
 
 class FanoutProxy(ActorMemberMixin, pykka.ActorProxy[FanoutActor]):
     describe = proxy_method(FanoutActor.describe)
+    set_recorder = proxy_method(FanoutActor.set_recorder)
     ping = proxy_method(FanoutActor.ping)
 
 

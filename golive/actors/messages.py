@@ -67,6 +67,9 @@ class EndReason(StrEnum):
     SHUTDOWN = "shutdown"
     ROOM_FAILED = "room_failed"  # the room's actor crashed
     INTERNAL_ERROR = "internal_error"  # the session's own actor crashed
+    PUBLISHER_REPLACED = "publisher_replaced"  # a new publisher took over the room
+    PUBLISHER_GONE = "publisher_gone"  # the publisher vanished and no one took over in time
+    CODEC_CHANGED = "codec_changed"  # the new publisher's codec is not the viewer's
 
 
 class RoutePhase(StrEnum):
@@ -147,6 +150,7 @@ class RoomInfo:
     has_publisher: bool
     tracks: tuple[TrackInfo, ...]
     subscribers: int
+    waiting: bool = False  # its publisher vanished; viewers stay until one takes over
 
 
 # --- directory commands (asked) and replies -------------------------------------------------
@@ -154,9 +158,13 @@ class RoomInfo:
 
 @dataclass(frozen=True, slots=True)
 class ClaimPublisher:
-    """Create ``room`` with the caller as its (pending) publisher."""
+    """Create ``room`` with ``session`` (made by the caller) as its pending publisher, or take
+    the room over: when its publisher is gone (the room is waiting), or when ``replaces``
+    names its publisher, which the caller saw go silent."""
 
     room: RoomName
+    session: SessionId
+    replaces: SessionId | None = None
     trace: TraceCarrier = ()
 
 
@@ -167,6 +175,17 @@ class EndRoom:
     room: RoomName
     reason: EndReason
     publisher: SessionId | None = None
+    trace: TraceCarrier = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PublisherLost:
+    """The publisher's transport ended without a DELETE (loop → directory): the room waits
+    for a new publisher, when reconnects are allowed, else it ends."""
+
+    room: RoomName
+    publisher: SessionId
+    reason: EndReason
     trace: TraceCarrier = ()
 
 
@@ -186,10 +205,13 @@ class PublisherReady:
     session: SessionId
     tracks: tuple[TrackInfo, ...]
     trace: TraceCarrier = ()
+    # After a takeover: the room's tracks (by id) whose codec the viewers cannot receive.
+    changed: frozenset[TrackId] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
 class JoinSubscriber:
+    session: SessionId  # made by the caller, so a join that times out can be undone
     trace: TraceCarrier = ()
 
 
@@ -215,11 +237,13 @@ class Done:
 
 @dataclass(frozen=True, slots=True)
 class PublisherClaimed:
-    """The room was created with this pending publisher session."""
+    """The room was created with this pending publisher session (or, ``takeover``, taken
+    over: its tracks, fanouts and viewers are kept for the new publisher)."""
 
     room: RoomName
     session: SessionId
     room_actor: pykka.ActorRef[Any]
+    takeover: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +301,32 @@ class CloseRoom:
 
 
 @dataclass(frozen=True, slots=True)
+class TakeOver:
+    """A new publisher takes the room over from ``previous`` (directory → room)."""
+
+    session: SessionId
+    previous: SessionId
+    trace: TraceCarrier = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PublisherGone:
+    """The publisher is gone (directory → room): close its session, keep the viewers, wait."""
+
+    session: SessionId
+    reason: EndReason
+    trace: TraceCarrier = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ReconnectExpired:
+    """A waiting room's reconnect window passed (timer → directory)."""
+
+    room: RoomName
+    publisher: SessionId
+
+
+@dataclass(frozen=True, slots=True)
 class SubscriberEnded:
     """A subscriber's session ended on its own (subscriber → room)."""
 
@@ -289,6 +339,15 @@ class PeerConnected:
     """The session's ICE and DTLS are up (event loop → session's actor)."""
 
     session: SessionId
+
+
+@dataclass(frozen=True, slots=True)
+class TracksNegotiated:
+    """The viewer's answer carries these of the room's tracks, and no other (event loop →
+    subscriber): it is routed on exactly them."""
+
+    session: SessionId
+    tracks: frozenset[TrackId]
 
 
 @dataclass(frozen=True, slots=True)

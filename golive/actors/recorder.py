@@ -11,20 +11,35 @@ After loss the recording resumes at the next keyframe; the recorder asks the pub
 through the :class:`LoopPort` (the track's tap coalesces it with the viewers' requests).
 
 When the publisher leaves, the room stops its recorders: each finalizes its file, marks it for
-upload in the journal and tells the uploader. A recorder that crashes counts a failed
-recording and tells the room, which goes on without it; whatever was written stays on disk
-and is finalized as far as possible. A recording in which no frame was written is removed.
-Recordings the process died in the middle of are repaired at the next start
+upload in the journal and tells the uploader. A recording in which no frame was written is
+removed. Recordings the process died in the middle of are repaired at the next start
 (:func:`recover_interrupted`).
+
+A recording can fail in two ways, and neither ends the room or the stream:
+
+- **The disk refuses** (an ``OSError`` while opening or writing the file: disk full,
+  file system read-only, I/O error): the recording stops there. The recorder counts a failed
+  recording, logs ``recording stopped: the disk refused a write`` with the ``errno``, keeps
+  what was written (finalized as far as the disk still allows: an IVF header is rewritten in
+  place, which needs no new space), tells the room (:class:`RecorderCrashed`) and stops. Not a
+  bug: not counted in ``golive_actor_crashes_total``.
+- **A bug** (any other exception): the recorder crashes: counted in both
+  ``golive_recordings_failed_total`` and ``golive_actor_crashes_total``, the room told, what
+  was written kept and finalized as far as possible.
+
+Either may happen in :meth:`RecorderActor.on_start` (the file is created there), where pykka
+calls neither ``on_failure`` nor ``on_stop``: the recorder reports it itself.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pykka
@@ -91,6 +106,7 @@ class RecorderActor(GoliveActor):
         self._parent = parent
         self._port = port
         self._metrics = metrics
+        self._path: Path | None = None  # the file, once created
         self._recording: TrackRecording | None = None
         self._last_request = -KEYFRAME_REQUEST_INTERVAL
         self._started = 0.0
@@ -99,22 +115,38 @@ class RecorderActor(GoliveActor):
         )
 
     def on_start(self) -> None:
+        # pykka calls neither on_failure nor on_stop when on_start raises: a failure here is
+        # reported here, and the actor stops.
+        try:
+            self._open()
+        except OSError as exc:
+            self._disk_failed(exc)
+        except Exception as exc:
+            self._crashed(exc)  # counted, the room told, what was created released
+            raise  # pykka logs the traceback and stops the actor
+
+    def _open(self) -> None:
         extension = extension_for(self._info.codec)
         if extension is None:
             raise ValueError(f"golive cannot record {self._info.codec}")
-        path = self._settings.store.create(
+        self._path = self._settings.store.create(
             self._track.room, file_track_id(self._track.track_id), extension, self._settings.clock()
         )
-        self._recording = TrackRecording(path, self._info.codec)
+        self._recording = TrackRecording(self._path, self._info.codec)
         self._started = time.monotonic()
         self._metrics.recordings_started.labels(self._info.codec).inc()
-        self._log.info("recording started", file=path.name)
+        self._log.info("recording started", file=self._path.name)
 
     def handle(self, message: Any) -> None:
         match message:
             case RecordPacket(data=data):
-                assert self._recording is not None
-                progress = self._recording.push(data)
+                if self._recording is None:  # stopped by a disk error: the rest is dropped
+                    return
+                try:
+                    progress = self._recording.push(data)
+                except OSError as exc:
+                    self._disk_failed(exc)
+                    return
                 self._count(progress)
                 if progress.want_keyframe:
                     self._want_keyframe()
@@ -138,6 +170,20 @@ class RecorderActor(GoliveActor):
             self._last_request = now
             self._port.request_keyframe(self._track)
 
+    def _disk_failed(self, exc: OSError) -> None:
+        """The disk refused to open or write the file: the recording stops here, what was
+        written is kept (see the module's docstring), the room is told, the actor stops."""
+        self._metrics.recordings_failed.labels(self._info.codec).inc()
+        self._log.error(
+            "recording stopped: the disk refused a write",
+            file=None if self._path is None else self._path.name,
+            errno=errno.errorcode.get(exc.errno or 0, str(exc.errno)),
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        tell_quietly(self._parent, RecorderCrashed(self._track.track_id))
+        self._release_once(crashed=True)
+        self.stop()  # the packets already told are dropped (see handle)
+
     def on_crash(self) -> None:
         self._metrics.actor_crashes.labels(self.actor_kind).inc()
         self._metrics.recordings_failed.labels(self._info.codec).inc()
@@ -145,7 +191,10 @@ class RecorderActor(GoliveActor):
 
     def release(self, *, crashed: bool) -> None:
         recording, self._recording = self._recording, None
+        store = self._settings.store
         if recording is None:
+            if self._path is not None:  # created, but its writer could not be opened
+                self._discard(self._path.name)
             return
         name = recording.path.name
         try:
@@ -158,12 +207,20 @@ class RecorderActor(GoliveActor):
                 self._log.exception("finalizing the recording failed", file=name)
             with contextlib.suppress(Exception):
                 repair_recording(recording.path)
-        store = self._settings.store
         if recording.frames == 0:
-            store.discard(name)
+            self._discard(name)
             self._log.info("recording empty, removed", file=name)
             return
-        store.finish(name, upload=self._settings.upload)
+        try:
+            store.finish(name, upload=self._settings.upload)
+        except OSError as exc:  # the file is kept, still marked as being recorded
+            self._log.error(
+                "the recording journal could not be updated; the next start repairs and "
+                "queues the recording",
+                file=name,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            return
         if not crashed:
             self._metrics.recordings_finished.labels(self._info.codec).inc()
         self._log.info(
@@ -175,6 +232,16 @@ class RecorderActor(GoliveActor):
         )
         if self._settings.upload and self._settings.uploader is not None:
             tell_quietly(self._settings.uploader, UploadRecording(recording.path))
+
+    def _discard(self, name: str) -> None:
+        try:
+            self._settings.store.discard(name)
+        except OSError as exc:  # marked as being recorded: the next start removes it
+            self._log.error(
+                "an empty recording could not be removed",
+                file=name,
+                error=f"{type(exc).__name__}: {exc}",
+            )
 
 
 def recover_interrupted(store: RecordingStore, *, upload: bool) -> int:

@@ -9,7 +9,12 @@ With recording on, it also starts one :class:`RecorderActor` per recordable trac
 the track's fanout); a recorder that crashes fails its recording, not the room.
 
 A room is created by the directory on its first publish, *pending* until the publisher's
-offer is answered (:class:`PublisherReady`), then *live*. Only a live room admits viewers.
+offer is answered (:class:`PublisherReady`), then *live*. A room admits viewers once its
+tracks are known. When its publisher vanishes (:class:`PublisherGone`, decided by the
+directory) the room *waits*: its viewers stay connected and its recordings are finalized;
+a new publisher taking over (:class:`TakeOver`) makes it pending again with everything kept,
+and live with the new publisher's tracks mapped onto the room's (a track whose codec changed
+ends the viewers of it).
 Whenever what ``GET /api/rooms`` shows of the room changes (live with its tracks, a viewer in
 or out), the room tells the directory (:class:`RoomChanged`), which lists every room from
 those reports without asking any room.
@@ -28,7 +33,7 @@ from opentelemetry.util.types import AttributeValue
 from pykka.typing import ActorMemberMixin, proxy_method
 
 from golive.actors.base import GoliveActor, guarded, stop_all, tell_quietly, traced
-from golive.actors.fanout import FanoutActor
+from golive.actors.fanout import FanoutActor, fanout_proxy
 from golive.actors.messages import (
     CloseRoom,
     CloseSession,
@@ -37,6 +42,7 @@ from golive.actors.messages import (
     FanoutCrashed,
     JoinSubscriber,
     LeaveSubscriber,
+    PublisherGone,
     PublisherReady,
     RecorderCrashed,
     Refusal,
@@ -49,10 +55,10 @@ from golive.actors.messages import (
     SessionId,
     SubscriberAdmitted,
     SubscriberEnded,
+    TakeOver,
     TrackId,
     TrackInfo,
     TrackKey,
-    new_session_id,
 )
 from golive.actors.ports import LoopPort
 from golive.actors.recorder import RecorderActor, RecordingSettings, recordable
@@ -62,8 +68,9 @@ from golive.tracing import Tracing
 
 
 class PublisherPhase(StrEnum):
-    PENDING = "pending"  # claimed, its offer not answered yet
+    PENDING = "pending"  # claimed (or taken over), its offer not answered yet
     LIVE = "live"  # answered: tracks known, viewers admitted
+    WAITING = "waiting"  # the publisher vanished: viewers kept until a takeover
 
 
 @dataclass(slots=True)
@@ -89,13 +96,34 @@ class RoomState:
             raise ValueError("track ids of a publisher must be distinct")
         if self.phase is PublisherPhase.LIVE:
             return None if tracks == self.tracks else Refusal.UNKNOWN_SESSION
+        if self.phase is not PublisherPhase.PENDING:
+            return Refusal.UNKNOWN_SESSION
+        if self.tracks:  # a takeover: the new tracks are the room's, by id and kind
+            kinds = {t.track_id: t.kind for t in self.tracks}
+            if any(kinds.get(t.track_id) is not t.kind for t in tracks):
+                raise ValueError("a takeover maps its tracks onto the room's")
+            new = {t.track_id: t for t in tracks}
+            tracks = tuple(new.get(t.track_id, t) for t in self.tracks)
         self.phase = PublisherPhase.LIVE
         self.tracks = tracks
         return None
 
+    def lose(self, session: SessionId) -> bool:
+        """The publisher vanished: the room waits. False if it was not the publisher."""
+        if self.ended is not None or session != self.publisher:
+            return False
+        self.phase = PublisherPhase.WAITING
+        return True
+
+    def take_over(self, session: SessionId) -> None:
+        """A new publisher takes the room (its tracks and viewers) over, pending its offer."""
+        if self.ended is None:
+            self.publisher = session
+            self.phase = PublisherPhase.PENDING
+
     def admit(self, session: SessionId) -> Refusal | None:
         """Admit a viewer, or say why not."""
-        if self.ended is not None or self.phase is not PublisherPhase.LIVE:
+        if self.ended is not None or not self.tracks:
             return Refusal.NO_PUBLISHER
         if 0 < self.max_subscribers <= len(self.subscribers):
             return Refusal.SUBSCRIBER_LIMIT
@@ -121,11 +149,13 @@ class RoomState:
         return sessions
 
     def info(self) -> RoomInfo:
+        waiting = self.ended is None and self.phase is PublisherPhase.WAITING
         return RoomInfo(
             name=self.name,
-            has_publisher=self.ended is None,
+            has_publisher=self.ended is None and not waiting,
             tracks=self.tracks,
             subscribers=len(self.subscribers),
+            waiting=waiting,
         )
 
     def report(self) -> RoomInfo | None:
@@ -182,10 +212,14 @@ class RoomActor(GoliveActor):
         span.set_attributes(
             {"golive.session": message.session, "golive.tracks": len(message.tracks)}
         )
+        takeover = bool(self._state.tracks)
         refusal = self._state.go_live(message.session, message.tracks)
         if refusal is not None:
             span.set_attribute("golive.refusal", refusal.value)
             return Refused(refusal)
+        if takeover:
+            self._resume(message)
+            return Done()
         for track in message.tracks:
             if track.track_id not in self._fanouts:
                 key = TrackKey(self._state.name, self._state.publisher, track.track_id)
@@ -200,6 +234,34 @@ class RoomActor(GoliveActor):
         self._log.info("room live", tracks=[t.codec for t in message.tracks])
         self._report()
         return Done()
+
+    def _resume(self, message: PublisherReady) -> None:
+        """The publisher that took the room over is answered: viewers of a track whose codec
+        they cannot receive end; the rest go on (the loop starts each again on the new
+        publisher's first keyframe, numbering continued); each track is recorded anew."""
+        ended: set[SessionId] = set()
+        for track_id in message.changed:  # its viewers: the sessions its fanout routes to
+            fanout = self._fanouts.get(track_id)
+            if fanout is not None:
+                table = fanout_proxy(fanout).describe().get(timeout=self._stop_timeout)
+                ended |= table.sessions()
+        for session in sorted(ended):
+            self._close_subscriber(session, EndReason.CODEC_CHANGED)
+        for track in message.tracks:
+            fanout = self._fanouts.get(track.track_id)
+            if fanout is None:
+                continue
+            key = TrackKey(self._state.name, self._state.publisher, track.track_id)
+            recorder = self._start_recorder(key, track)
+            fanout_proxy(fanout).set_recorder(recorder).get(timeout=self._stop_timeout)
+        self._log.info(
+            "room live again",
+            session=message.session,
+            tracks=[t.codec for t in message.tracks],
+            codec_changed=sorted(message.changed),
+            subscribers_ended=len(ended),
+        )
+        self._report()
 
     def _start_recorder(self, key: TrackKey, track: TrackInfo) -> pykka.ActorRef[Any] | None:
         if self._recording is None:
@@ -224,9 +286,9 @@ class RoomActor(GoliveActor):
 
     @guarded
     @traced("room.join_subscriber")
-    def join_subscriber(self, message: JoinSubscriber) -> SubscriberAdmitted | Refused:  # noqa: ARG002  the join carries only its trace
+    def join_subscriber(self, message: JoinSubscriber) -> SubscriberAdmitted | Refused:
         span = trace.get_current_span()
-        session = new_session_id()
+        session = message.session
         refusal = self._state.admit(session)
         if refusal is not None:
             self._metrics.join_refusals.labels(Role.SUBSCRIBER.value, refusal.value).inc()
@@ -256,14 +318,19 @@ class RoomActor(GoliveActor):
         span.set_attributes(
             {"golive.session": message.session, "golive.reason": message.reason.value}
         )
-        if not self._state.remove(message.session):
+        if not self._close_subscriber(message.session, message.reason):
             span.set_attribute("golive.refusal", Refusal.UNKNOWN_SESSION.value)
             return Refused(Refusal.UNKNOWN_SESSION)
-        ref = self._subscribers.pop(message.session)
-        tell_quietly(ref, CloseSession(message.reason, self.tracing.carrier()))
-        stop_all([ref], self._stop_timeout)
-        self._subscriber_ended(message.reason)
         return Done()
+
+    def _close_subscriber(self, session: SessionId, reason: EndReason) -> bool:
+        if not self._state.remove(session):
+            return False
+        ref = self._subscribers.pop(session)
+        tell_quietly(ref, CloseSession(reason, self.tracing.carrier()))
+        stop_all([ref], self._stop_timeout)
+        self._subscriber_ended(reason)
+        return True
 
     @guarded
     def describe(self) -> RoomInfo:
@@ -279,6 +346,23 @@ class RoomActor(GoliveActor):
                 with self.tracing.handling("room.close", carrier, attributes):
                     self._end(reason)
                 self.stop()
+            case PublisherGone(session=session, reason=reason, trace=carrier):
+                with self.tracing.handling("room.publisher_gone", carrier, self.span_attributes()):
+                    if self._state.lose(session):
+                        # Its recordings end here; a publisher taking over records anew.
+                        self._stop_recorders()
+                        self._port.close_session(session, reason)
+                        self._log.info(
+                            "publisher gone; waiting for another", session=session, reason=reason
+                        )
+                        self._report()
+            case TakeOver(session=session, previous=previous, trace=carrier):
+                with self.tracing.handling("room.take_over", carrier, self.span_attributes()):
+                    self._state.take_over(session)
+                    self._stop_recorders()
+                    self._port.close_session(previous, EndReason.PUBLISHER_REPLACED)
+                    self._log.info("publisher taking over", session=session, previous=previous)
+                    self._report()
             case SubscriberEnded(session=session, reason=reason):
                 # The subscriber ended on its own and stops itself.
                 if self._state.remove(session):
@@ -317,15 +401,19 @@ class RoomActor(GoliveActor):
         children = [*subscribers, *self._subscribers.values(), *self._fanouts.values()]
         stop_all(children, self._stop_timeout)
         # Recorders last: every packet the loop told them so far is written before they stop.
-        stop_all(self._recorders.values(), self._stop_timeout)
+        self._stop_recorders()
         self._subscribers.clear()
         self._fanouts.clear()
-        self._recorders.clear()
         for _ in sessions:
             self._subscriber_ended(reason)
         self._port.close_session(self._state.publisher, reason)
         self._metrics.forget_room(self._state.name)
         self._log.info("room ended", reason=reason.value, subscribers_closed=len(sessions))
+
+    def _stop_recorders(self) -> None:
+        """Stop every recorder (each finalizes its recording) and forget them."""
+        stop_all(self._recorders.values(), self._stop_timeout)
+        self._recorders.clear()
 
     def _subscriber_ended(self, reason: EndReason) -> None:
         self._metrics.sessions.labels(Role.SUBSCRIBER.value).dec()

@@ -63,6 +63,9 @@ class ActorSystem:
             stop_timeout=self._timeout,
             recording=self._start_recording(),
             tracing=self._tracing,
+            reconnect_seconds=(
+                0.0 if self._config is None else self._config.publisher_reconnect_seconds
+            ),
         )
         self._started.append(ref)
         self._directory = directory_proxy(ref)

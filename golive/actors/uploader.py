@@ -16,14 +16,21 @@ so the upload is made again at the next start.
 
 **An attempt** makes the bucket if it does not exist, uploads the file to
 ``{S3_PREFIX}{name}`` (minio's ``put_object`` on the opened file, the same as its
-``fput_object``: one ``PUT`` up to 5 MiB, a sequential multipart upload above), then
+``fput_object``: one ``PUT`` up to one part, a sequential multipart upload above), then
 *confirms* it with a ``HEAD``: the object's size must be the file's, and its ETag the one
 computed locally (the plain MD5 for one ``PUT``; for a multipart upload S3's
-``md5(part digests)-N``, with the part size minio picks, :func:`s3_etag`). Only then is the
-marker removed and, with ``DELETE_RECORDING_AFTER_UPLOAD=1``, the file deleted: no failure
-(server down, partial upload, different object, crash) can ever lose a recording. Servers
-whose ETags are not MD5s (AWS SSE-KMS or SSE-C encryption) cannot be confirmed and are not
-supported.
+``md5(part digests)-N``, :func:`s3_etag`). Only then is the marker removed and, with
+``DELETE_RECORDING_AFTER_UPLOAD=1``, the file deleted: no failure (server down, partial
+upload, different object, crash) can ever lose a recording. Servers whose ETags are not MD5s
+(AWS SSE-KMS or SSE-C encryption) cannot be confirmed and are not supported.
+
+**The part size is golive's** (:func:`part_size_for`: 5 MiB, S3's smallest, or the smallest
+multiple of it that keeps a file within S3's 10 000 parts, the rule minio applies by
+default): it is passed to ``put_object`` and the expected ETag is computed with that same
+size, so the two cannot disagree whatever the SDK picks by default. Every SDK call names its
+arguments: minio 7.2.19 made them keyword-only (7.2.20 took that back, minio 8 brings it
+again) and minio 8 makes ``get_part_info`` private; the uploader works on both APIs
+(``make test`` runs its tests against each, see the Makefile).
 
 **Retries.** A failed attempt (any minio, urllib3 or OS error, or an object that does not
 match) is retried after :meth:`RetryPolicy.delay`: exponential backoff, capped, with *equal
@@ -47,6 +54,7 @@ Error texts are logged with the access and secret keys blanked out, should a ser
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import random
 import threading
@@ -63,7 +71,6 @@ import structlog
 import urllib3
 from minio import Minio
 from minio.error import MinioException, S3Error
-from minio.helpers import get_part_info
 from pykka.typing import ActorMemberMixin, proxy_method
 
 from golive.actors.base import GoliveActor, guarded, tell_quietly
@@ -76,6 +83,9 @@ from golive.recordings import NAME_PATTERN, RecordingStore
 CONNECT_TIMEOUT_SECONDS: Final = 5.0
 #: How long the server may stay silent on an open connection (one part is 5 MiB or more).
 READ_TIMEOUT_SECONDS: Final = 60.0
+#: S3's limits on a multipart upload: the smallest part (but the last) and the most parts.
+S3_MIN_PART_SIZE: Final = 5 * 1024 * 1024
+S3_MAX_PARTS: Final = 10_000
 #: Hashing reads the file in chunks of this size.
 _HASH_CHUNK: Final = 1024 * 1024
 #: Bucket creation answers that mean the bucket is there and ours.
@@ -186,7 +196,7 @@ def minio_client(target: S3Target) -> Minio:
         ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
     )
     client = Minio(
-        target.endpoint,
+        endpoint=target.endpoint,
         access_key=target.access_key or None,
         secret_key=target.secret_key or None,
         secure=target.use_ssl,
@@ -198,26 +208,35 @@ def minio_client(target: S3Target) -> Minio:
     return client
 
 
-def s3_etag(stream: IO[bytes], size: int) -> str:
-    """The ETag S3 gives ``size`` bytes of ``stream`` uploaded by minio's ``put_object``.
+def part_size_for(size: int) -> int:
+    """The part size golive uploads ``size`` bytes with: :data:`S3_MIN_PART_SIZE`, or the
+    smallest multiple of it that needs no more than :data:`S3_MAX_PARTS` parts."""
+    return max(1, math.ceil(size / (S3_MAX_PARTS * S3_MIN_PART_SIZE))) * S3_MIN_PART_SIZE
 
-    One part (up to 5 MiB): the MD5 in hex. Several: the MD5 of the parts' binary MD5s,
-    ``-`` and the number of parts, with the part size minio picks (``get_part_info``).
-    Reads from the stream's current position.
-    """
-    part_size, part_count = get_part_info(size, 0)
-    if part_count <= 1:
+
+def part_count(size: int, part_size: int) -> int:
+    """How many parts ``size`` bytes make in parts of ``part_size`` (one for an empty file:
+    one ``PUT``), as minio splits them."""
+    return max(1, math.ceil(size / part_size))
+
+
+def s3_etag(stream: IO[bytes], size: int, part_size: int) -> str:
+    """The ETag S3 gives ``size`` bytes of ``stream`` uploaded by ``put_object`` in parts of
+    ``part_size``: in one part, the MD5 in hex; in several, the MD5 of the parts' binary
+    MD5s, ``-`` and the number of parts. Reads from the stream's current position."""
+    count = part_count(size, part_size)
+    if count == 1:
         digest = hashlib.md5(usedforsecurity=False)
         _hash_into(digest, stream, size)
         return digest.hexdigest()
     digests = hashlib.md5(usedforsecurity=False)
     remaining = size
-    for _ in range(part_count):
+    for _ in range(count):
         part = hashlib.md5(usedforsecurity=False)
         _hash_into(part, stream, min(part_size, remaining))
         remaining -= part_size
         digests.update(part.digest())
-    return f"{digests.hexdigest()}-{part_count}"
+    return f"{digests.hexdigest()}-{count}"
 
 
 def _hash_into(digest: Any, stream: IO[bytes], length: int) -> None:
@@ -365,9 +384,10 @@ class UploaderActor(GoliveActor):
         self._schedule_work()
 
     def _attempt(self, upload: _Upload) -> None:
-        if self._store.directory / upload.name not in self._store.pending_uploads():
+        if not self._store.upload_pending(upload.name):
             # Told again after it was done (a recorder's tell crossing the start-up scan):
-            # the journal, not the queue, says what is left to upload.
+            # the journal, not the queue, says what is left to upload. Its marker, not a
+            # listing of the journal: an attempt costs the same however long the backlog.
             self._done(upload.name)
             self._log.debug("upload no longer pending", name=upload.name)
             return
@@ -413,20 +433,22 @@ class UploaderActor(GoliveActor):
             raise FileVanished(name) from None
         with file:
             size = os.fstat(file.fileno()).st_size
+            part_size = part_size_for(size)
             # Two reads of the file (hash, then upload), so each stays sequential and the
             # upload is minio's own; the second read is usually served by the page cache.
-            expected = s3_etag(file, size)
+            expected = s3_etag(file, size, part_size)
             file.seek(0)
             self._ensure_bucket()
             self._client.put_object(
-                self._target.bucket,
-                key,
-                file,
-                size,
+                bucket_name=self._target.bucket,
+                object_name=key,
+                data=file,
+                length=size,
                 content_type=_content_type(name),
+                part_size=part_size,
                 num_parallel_uploads=1,
             )
-        stat = self._client.stat_object(self._target.bucket, key)
+        stat = self._client.stat_object(bucket_name=self._target.bucket, object_name=key)
         etag = (stat.etag or "").strip('"').lower()
         if stat.size != size or etag != expected:
             raise NotConfirmed(
@@ -439,9 +461,9 @@ class UploaderActor(GoliveActor):
         if self._bucket_known:
             return
         bucket = self._target.bucket
-        if not self._client.bucket_exists(bucket):
+        if not self._client.bucket_exists(bucket_name=bucket):
             try:
-                self._client.make_bucket(bucket)
+                self._client.make_bucket(bucket_name=bucket)
             except S3Error as exc:
                 if exc.code not in _BUCKET_OURS:
                     raise

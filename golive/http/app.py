@@ -151,12 +151,14 @@ async def metrics_text(request: web.Request) -> web.Response:
 
 
 def room_json(info: RoomInfo) -> dict[str, object]:
-    """A room as Go-Live lists it (``tracks`` is a count), plus golive's ``trackList``."""
+    """A room as Go-Live lists it (``tracks`` is a count), plus golive's ``waiting`` (its
+    publisher vanished; viewers stay until another takes over) and ``trackList``."""
     return {
         "name": info.name,
         "hasPublisher": info.has_publisher,
         "tracks": len(info.tracks),
         "subscribers": info.subscribers,
+        "waiting": info.waiting,
         "trackList": [
             {"id": t.track_id, "kind": t.kind.value, "codec": t.codec} for t in info.tracks
         ],

@@ -353,12 +353,18 @@ _SCHEMAS: Final[dict[str, Any]] = {
     },
     "Room": {
         "type": "object",
-        "required": ["name", "hasPublisher", "tracks", "subscribers", "trackList"],
+        "required": ["name", "hasPublisher", "tracks", "subscribers", "waiting", "trackList"],
         "properties": {
             "name": {"type": "string", "pattern": _ROOM_PATTERN},
             "hasPublisher": {"type": "boolean"},
             "tracks": {"type": "integer", "minimum": 0, "description": "How many tracks."},
             "subscribers": {"type": "integer", "minimum": 0},
+            "waiting": {
+                "type": "boolean",
+                "description": "The publisher vanished without a DELETE: the viewers stay "
+                "connected until a new publisher takes the room over, for at most "
+                "PUBLISHER_RECONNECT_SECONDS.",
+            },
             "trackList": {"type": "array", "items": _ref("schemas", "Track")},
         },
     },

@@ -66,6 +66,7 @@ typedef struct {
     uint16_t seq_offset;
     uint32_t ts_offset;
     int started;
+    int resumed;          /* started before: a restart continues the numbering */
     uint32_t source;      /* the publisher's SSRC the mapping is for */
     uint16_t newest;      /* newest sequence number forwarded, the publisher's numbering */
     uint16_t last_seq;    /* newest sequence number sent, the viewer's numbering */
@@ -120,8 +121,27 @@ static int parse_header(const uint8_t *p, Py_ssize_t n, Header *h)
     return 0;
 }
 
+/* The clock ticks since the newest packet was forwarded (at least one). */
+static uint32_t ticks_since(const Output *o, double now)
+{
+    double ticks = nearbyint((now - o->last_time) * (double)o->clock_rate);
+    return ticks < 1 ? 1 : (ticks > 4294967295.0 ? 0xFFFFFFFFu : (uint32_t)ticks);
+}
+
 static void start_mapping(Output *o, const Header *h, double now)
 {
+    if (o->resumed) { /* restarted (a new publisher): go on right after the newest packet */
+        uint32_t step = ticks_since(o, now);
+        o->seq_offset = (uint16_t)(o->last_seq + 1 - h->seq);
+        o->ts_offset = o->last_ts + step - h->ts;
+        o->source = h->ssrc;
+        o->newest = h->seq;
+        o->last_seq = o->mapped_from = (uint16_t)(o->last_seq + 1);
+        o->last_ts += step;
+        o->last_time = now;
+        o->started = 1;
+        return;
+    }
     o->seq_offset = (uint16_t)(o->first_seq - h->seq);
     o->ts_offset = o->first_ts - h->ts;
     o->source = h->ssrc;
@@ -138,8 +158,7 @@ static void advance_mapping(Output *o, const Header *h, double now)
     uint16_t ahead = (uint16_t)(h->seq - o->newest);
     if (h->ssrc != o->source || (SEQ_CONTINUITY < ahead && ahead < 0x10000 - SEQ_CONTINUITY)) {
         /* a discontinuity: go on right after the newest packet, the clock by the time since */
-        double ticks = nearbyint((now - o->last_time) * (double)o->clock_rate);
-        uint32_t step = ticks < 1 ? 1 : (ticks > 4294967295.0 ? 0xFFFFFFFFu : (uint32_t)ticks);
+        uint32_t step = ticks_since(o, now);
         o->seq_offset = (uint16_t)(o->last_seq + 1 - h->seq);
         o->ts_offset = o->last_ts + step - h->ts;
         o->source = h->ssrc;
@@ -371,6 +390,15 @@ static PyObject *Output_bind(Output *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static PyObject *Output_restart(Output *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->started) {
+        self->started = 0;
+        self->resumed = 1;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *Output_unbind(Output *self, PyObject *Py_UNUSED(ignored))
 {
     release_socket(self);
@@ -429,6 +457,9 @@ static PyMethodDef Output_methods[] = {
      "bind(fd, (host, port), srtp, protect, keepalive): send to (host, port) on a duplicate of "
      "fd, protected by srtp_protect at address protect with the srtp_t at srtp, which "
      "keepalive owns."},
+    {"restart", (PyCFunction)Output_restart, METH_NOARGS,
+     "restart(): wait for a keyframe again (a new publisher), then go on with the numbering "
+     "right after the newest packet sent, the clock by the time since."},
     {"unbind", (PyCFunction)Output_unbind, METH_NOARGS,
      "unbind(): send nothing more (closes the duplicate socket)."},
     {"send", (PyCFunction)Output_send, METH_O,

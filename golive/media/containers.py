@@ -16,12 +16,17 @@ duration in time-base units. libavformat's muxer cannot do that, and it writes t
 when it is closed; the finalization here also repairs a file whose process died.
 
 What a crash costs (the process dies mid-recording; at the next start the recording journal
-hands the file to :func:`repair_recording`):
+hands the file to :func:`repair_recording`), and likewise a disk that fills up (the recorder
+repairs the file at once):
 - IVF: nothing but a frame being written; the header is fixed up by the repair.
 - Ogg: the page being filled (at most :data:`OGG_PAGE_DURATION_US`); no end-of-stream page,
   which readers do not need.
-- Matroska: the cluster being filled (at most :data:`MATROSKA_CLUSTER_MS`); the duration and the
-  seek index, which the repair rebuilds by remuxing.
+- Matroska: the cluster being filled (at most :data:`MATROSKA_CLUSTER_MS`), cut off by the
+  repair (:func:`truncate_matroska`); the duration and the seek index, which the repair
+  rebuilds by remuxing when the disk has room for the copy.
+
+Every repair but the remux works in place and needs no free space: a recording stopped by a
+full disk is repaired on that full disk.
 """
 
 from __future__ import annotations
@@ -420,9 +425,76 @@ def repair_recording(path: Path) -> None:
     if suffix == ".ivf":
         finalize_ivf(path)
     elif suffix == ".mkv":
-        _remux(path, "matroska")
+        truncate_matroska(path)  # in place: works on a full disk
+        _remux(path, "matroska")  # a copy: needs room for it
     # Ogg needs nothing: every page stands alone, and readers do not need the missing
     # end-of-stream page.
+
+
+_EBML_HEADER_ID: Final = 0x1A45DFA3
+_SEGMENT_ID: Final = 0x18538067
+#: An 8-byte EBML size meaning "unknown": the element runs to the end of the file.
+_UNKNOWN_SIZE_8: Final = b"\x01\xff\xff\xff\xff\xff\xff\xff"
+
+
+def _ebml_vint(data: bytes, offset: int, *, marker: bool) -> tuple[int, int, bool] | None:
+    """An EBML variable-length integer at ``offset``: its value (the length marker kept for
+    an element ID, dropped for a size), its length in bytes, and whether it is the reserved
+    "unknown size". None if ``data`` ends first or the first byte is not a valid start."""
+    if offset >= len(data) or data[offset] == 0:
+        return None
+    first = data[offset]
+    length = 8 - first.bit_length() + 1
+    if offset + length > len(data):
+        return None
+    value = first if marker else first & ((1 << (8 - length)) - 1)
+    for byte in data[offset + 1 : offset + length]:
+        value = (value << 8) | byte
+    unknown = not marker and value == (1 << (7 * length)) - 1
+    return value, length, unknown
+
+
+def truncate_matroska(path: Path) -> int:
+    """Cut a Matroska file after its last complete top-level element (a cluster cut short by
+    a crash or a full disk), in place; the file's size then. libavformat writes each cluster
+    whole, with its size, so what is left ends on a cluster boundary and reads without error.
+    If anything was cut, the segment's size is set to "unknown" (it then runs to the end of
+    the file, as while recording). A file that is whole, or not Matroska, is left as it is."""
+    with path.open("r+b") as file:
+        size = os.fstat(file.fileno()).st_size
+
+        def element(offset: int) -> tuple[int, int, int, int | None] | None:
+            """The element at ``offset``: its ID, where its size field and its body start,
+            its size (None: unknown). None if the file ends inside its header."""
+            file.seek(offset)
+            head = file.read(12)
+            ident = _ebml_vint(head, 0, marker=True)
+            length = None if ident is None else _ebml_vint(head, ident[1], marker=False)
+            if ident is None or length is None:
+                return None
+            body = offset + ident[1] + length[1]
+            return ident[0], offset + ident[1], body, None if length[2] else length[0]
+
+        header = element(0)
+        if header is None or header[0] != _EBML_HEADER_ID or header[3] is None:
+            return size
+        segment = element(header[2] + header[3])
+        if segment is None or segment[0] != _SEGMENT_ID:
+            return size
+        _, size_at, body, _ = segment
+        end = body  # the end of the last complete child
+        while end < size:
+            child = element(end)
+            if child is None or child[3] is None or child[2] + child[3] > size:
+                break  # cut short (or of unknown size: no end to find)
+            end = child[2] + child[3]
+        if end in (size, body):  # whole, or nothing readable to keep
+            return size
+        file.truncate(end)
+        if body - size_at == len(_UNKNOWN_SIZE_8):
+            file.seek(size_at)
+            file.write(_UNKNOWN_SIZE_8)
+        return end
 
 
 def _remux(path: Path, container_format: str) -> None:
@@ -443,7 +515,7 @@ def _remux(path: Path, container_format: str) -> None:
                         continue
                     packet.stream = stream
                     target.mux(packet)
-    except av.error.FFmpegError:
+    except (av.error.FFmpegError, OSError):  # too damaged, or no room for the copy
         repaired.unlink(missing_ok=True)
         return
     repaired.replace(path)

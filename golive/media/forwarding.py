@@ -16,6 +16,11 @@ answered: each sequence number once per NACK, at most
 within :data:`~golive.media.limits.RTX_RESEND_INTERVAL`, and within the viewer's
 retransmission budget (:class:`RetransmissionBudget`), so a hostile NACK cannot make the
 server send more than a share of the stream. Retransmissions and sender reports are Python.
+
+The track lives as long as its fanout: the fanout's last (retired) table closes it. Its
+source, the publisher's receiver, may change meanwhile: a publisher taking the room over
+feeds the same track (:meth:`PublishedTrack.switch_source`), and every viewer's output
+starts again on the new publisher's first keyframe, its numbering continued.
 """
 
 from __future__ import annotations
@@ -126,6 +131,7 @@ class Viewer:
     first_keyframe: Callable[[TrackId], None] | None  # tells the session's story
     budget: RetransmissionBudget
     failures_seen: int = 0  # the output's send errors already logged
+    told: bool = False  # its first keyframe was told (the fanout, the session's story)
 
 
 class PublishedTrack:
@@ -138,10 +144,14 @@ class PublishedTrack:
         *,
         registry: SessionRegistry,
         metrics: Metrics,
+        on_close: Callable[[PublishedTrack], None] | None = None,
     ) -> None:
         self.key = key
         self.info = info
         self.codec = codec
+        self.publisher = key.publisher  # the session whose receiver feeds the track now
+        self.closed = False
+        self._on_close = on_close
         self._receiver = receiver
         self._registry = registry
         self._fanout = Fanout()
@@ -155,6 +165,7 @@ class PublishedTrack:
         self._last_request = -KEYFRAME_REQUEST_INTERVAL
         self._deferred: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
+        self.last_packet = self._loop.time()  # when the publisher last sent (or took over)
         self._metrics = metrics
         self._packets = metrics.rtp_packets.labels(key.room)
         self._bytes = metrics.rtp_bytes.labels(key.room)
@@ -178,11 +189,53 @@ class PublishedTrack:
     # -- routes and viewers -------------------------------------------------------------------
 
     def install(self, table: RoutingTable) -> None:
-        """The fanout's latest decision of who receives the track (called by the registry)."""
+        """The fanout's latest decision of who receives the track (called by the registry).
+        The fanout's retired table, its last, closes the track."""
         if self._table is not None and table.version <= self._table.version:
+            return
+        if table.retired:
+            self.close()
             return
         self._table = table
         self._route()
+
+    def switch_source(
+        self,
+        receiver: TrackSource,
+        codec: RTCRtpCodecParameters,
+        info: TrackInfo,
+        publisher: SessionId,
+        *,
+        compatible: bool,
+    ) -> None:
+        """A new publisher feeds the track (it took the room over). Every viewer's output
+        waits for its first keyframe, then goes on with its numbering. Viewers who cannot
+        decode the new codec (not ``compatible``) get nothing more: the room ends them."""
+        self.drop_source(self._receiver)
+        self._receiver = receiver
+        self.codec, self.info, self.publisher = codec, info, publisher
+        receiver.sink = self.on_packet
+        receiver.on_sender_report = self.on_sender_report
+        self._cache = [None] * CACHE_PACKETS  # the old publisher's numbering
+        self.last_packet = self._loop.time()
+        if self._deferred is not None:  # the new publisher is asked at once, not in turn
+            self._deferred.cancel()
+            self._deferred = None
+        self._last_request = -KEYFRAME_REQUEST_INTERVAL
+        if not compatible:
+            for session in list(self._viewers):
+                self.detach(session)
+        for viewer in self._viewers.values():
+            viewer.output.restart()
+        self._waiting = sum(1 for output in self._fanout.outputs if not output.started)
+        if self._waiting:
+            self.want_keyframe()
+
+    def drop_source(self, receiver: object) -> None:
+        """``receiver`` (a publisher's, closing) feeds the track no more, if it did."""
+        if receiver is self._receiver:
+            receiver.sink = None
+            receiver.on_sender_report = None
 
     def attach(
         self,
@@ -246,10 +299,11 @@ class PublishedTrack:
         data = packet.serialize()  # once per packet; without the publisher's header extensions
         self._window_bytes += len(data)
         self._cache[packet.sequence_number % CACHE_PACKETS] = data
+        self.last_packet = now = self._loop.time()
         keyframe = not self._video or (self._waiting > 0 and keyframe_start(self.info.codec, data))
         try:
             sent, sent_bytes, dropped, failed, waiting, started = self._fanout.forward(
-                data, keyframe, self._loop.time()
+                data, keyframe, now
             )
         except ValueError:  # longer than any MTU, or not RTP: no viewer can take it
             self._too_large.inc(len(self._fanout.outputs))
@@ -282,9 +336,10 @@ class PublishedTrack:
 
     def _started(self, viewer: Viewer) -> None:
         """A viewer's output started on this packet: for video, tell the fanout it started on
-        a keyframe (once: an output starts once)."""
-        if not self._video:
+        a keyframe (once: an output starts again after a takeover, told no more)."""
+        if not self._video or viewer.told:
             return
+        viewer.told = True
         seconds = self._loop.time() - viewer.created
         self._metrics.session_setup.labels("subscriber", "first_keyframe").observe(seconds)
         if viewer.first_keyframe is not None:
@@ -401,9 +456,11 @@ class PublishedTrack:
         self._receiver.request_keyframe()
 
     def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
         self._registry.remove_track(self.key, self)
-        self._receiver.sink = None
-        self._receiver.on_sender_report = None
+        self.drop_source(self._receiver)
         if self._deferred is not None:
             self._deferred.cancel()
             self._deferred = None
@@ -412,3 +469,5 @@ class PublishedTrack:
         for session in list(self._viewers):
             self.detach(session)
         self._cache = [None] * CACHE_PACKETS
+        if self._on_close is not None:
+            self._on_close(self)

@@ -69,6 +69,10 @@ class InvalidOfferError(ValueError):
     """The offer is not SDP, or offers nothing golive can forward."""
 
 
+#: A publisher that sent nothing for this long may be taken over by a new one.
+PUBLISHER_SILENCE_SECONDS = 2.0
+
+
 class IceRestartError(ValueError):
     """A trickle fragment carries ICE credentials the session does not have: a restart."""
 
@@ -144,6 +148,19 @@ class PeerSession:
             self.span.set_status(Status(StatusCode.ERROR, reason.value))
         self.span.end()
         self.hub.closed(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Feed:
+    """One track a publisher's answer receives: what it will be known as, its codec, its
+    receiver and, for a publisher taking a room over, the room's track it feeds (and whether
+    that track's viewers can decode its codec)."""
+
+    info: TrackInfo
+    codec: RTCRtpCodecParameters
+    receiver: ForwardingReceiver
+    track: PublishedTrack | None = None
+    compatible: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,66 +292,141 @@ class MediaHub:
 
     async def publish(self, room: RoomName, offer_sdp: str) -> Answered | Refused:
         """Answer a publisher's offer. Raises :class:`InvalidOfferError` (the room is left as it
-        was: a failed publish leaves nothing behind)."""
+        was: a failed publish leaves nothing behind; a failed takeover leaves the room
+        waiting)."""
         offer = parse_offer(offer_sdp)
-        peer = await self._admit(Role.PUBLISHER, room, offer)
-        if isinstance(peer, Refused):
-            return peer
+        claimed = await self._admit(Role.PUBLISHER, room, offer)
+        if isinstance(claimed, Refused):
+            return claimed
+        peer, takeover = claimed
+        room_tracks = self.taps(room) if takeover else []
         try:
-            answer, tracks = await self._answer_publisher(peer, offer_sdp, offer)
+            answer, feeds = await self._answer_publisher(peer, offer_sdp, offer, room_tracks)
         except Exception as exc:
             await self._rooms.leave(peer.session, EndReason.PUBLISH_FAILED)
             if isinstance(exc, InvalidOfferError):
                 raise
             raise InvalidOfferError(f"negotiation failed: {exc}") from exc
-        ready = await self._rooms.publisher_ready(peer.session, tracks)
+        if peer.ended is not None:  # closed while its answer was made (admin close, shutdown)
+            return Refused(Refusal.UNKNOWN_SESSION)
+        tracks = tuple(feed.info for feed in feeds)
+        changed = frozenset(feed.info.track_id for feed in feeds if not feed.compatible)
+        # The room's tracks, from now until their fanouts retire them; known to the loop
+        # before the room can be seen live, so a viewer admitted the moment it is finds them.
+        made = [] if takeover else [self._new_track(peer, feed) for feed in feeds]
+        if made:
+            self._room_taps[room] = list(made)
+        try:
+            ready = await self._rooms.publisher_ready(peer.session, tracks, changed)
+        except BaseException:
+            self._close_tracks(made)
+            self._rooms.abandon_publisher(room, peer.session)
+            raise
         if not isinstance(ready, Done):  # ended meanwhile (admin close, shutdown)
+            self._close_tracks(made)
             return ready
-        self._room_taps[room] = peer.taps
+        if takeover:
+            for feed in feeds:
+                assert feed.track is not None
+                feed.track.switch_source(
+                    feed.receiver,
+                    feed.codec,
+                    feed.info,
+                    peer.session,
+                    compatible=feed.compatible,
+                )
+            peer.taps = room_tracks
+            peer.tell("session took the room over", codec_changed=",".join(sorted(changed)))
+        else:
+            peer.taps = made
         self._watch(peer)
         peer.tell("session answered")
         return Answered(peer, answer)
 
+    def _new_track(self, peer: PeerSession, feed: Feed) -> PublishedTrack:
+        return PublishedTrack(
+            TrackKey(peer.room, peer.session, feed.info.track_id),
+            feed.info,
+            feed.codec,
+            feed.receiver,
+            registry=self._rooms.registry,
+            metrics=self._metrics,
+            on_close=self._track_closed,
+        )
+
+    def _track_closed(self, track: PublishedTrack) -> None:
+        """A track closed (its fanout retired it, or its publish failed): the room's list of
+        tracks forgets it."""
+        tracks = self._room_taps.get(track.key.room)
+        if tracks is not None and track in tracks:
+            tracks.remove(track)
+            if not tracks:
+                del self._room_taps[track.key.room]
+
+    @staticmethod
+    def _close_tracks(tracks: list[PublishedTrack]) -> None:
+        for track in tracks:
+            track.close()
+
     async def _answer_publisher(
-        self, peer: PeerSession, offer_sdp: str, offer: SessionDescription
-    ) -> tuple[str, tuple[TrackInfo, ...]]:
+        self,
+        peer: PeerSession,
+        offer_sdp: str,
+        offer: SessionDescription,
+        room_tracks: list[PublishedTrack],
+    ) -> tuple[str, list[Feed]]:
+        """Answer a publisher: ``recvonly``, one codec per track. A publisher taking a room
+        over (``room_tracks``) feeds the room's tracks, matched by kind in order, each with
+        the codec its viewers have if the offer has it; a section no track of the room
+        matches is answered ``inactive``."""
         pc = peer.pc
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-        tracks: list[TrackInfo] = []
-        receivers: list[tuple[TrackInfo, RTCRtpCodecParameters, ForwardingReceiver]] = []
+        feeds: list[Feed] = []
+        unmatched = list(room_tracks)
         for transceiver, media in zip(pc.getTransceivers(), offer.media, strict=False):
             codecs = [c for c in transceiver._codecs if not is_rtx(c)]  # noqa: SLF001
-            if media.direction not in ("sendonly", "sendrecv") or not codecs or not transceiver.mid:
+            track = None
+            if room_tracks:
+                track = next((t for t in unmatched if t.info.kind.value == transceiver.kind), None)
+            if (
+                media.direction not in ("sendonly", "sendrecv")
+                or not codecs
+                or not transceiver.mid
+                or (room_tracks and track is None)
+            ):
                 transceiver.direction = "inactive"
                 continue
             transceiver.direction = "recvonly"
             codec = codecs[0]
+            compatible = True
+            if track is not None:
+                unmatched.remove(track)
+                same = [c for c in codecs if is_codec_compatible(c, track.codec)]
+                codec, compatible = (same[0], True) if same else (codecs[0], False)
             transceiver._codecs = _with_rtx(codec, transceiver._codecs)  # noqa: SLF001  one codec per track
-            info = TrackInfo(TrackId(transceiver.mid), MediaKind(transceiver.kind), codec.mimeType)
+            track_id = TrackId(transceiver.mid) if track is None else track.info.track_id
+            info = TrackInfo(track_id, MediaKind(transceiver.kind), codec.mimeType)
             assert isinstance(transceiver.receiver, ForwardingReceiver)
-            receivers.append((info, codec, transceiver.receiver))
-            tracks.append(info)
-        if not tracks:
-            raise InvalidOfferError("the offer sends no audio or video golive can forward")
+            feeds.append(Feed(info, codec, transceiver.receiver, track, compatible))
+        if not feeds:
+            raise InvalidOfferError(
+                "the offer sends none of the room's tracks"
+                if room_tracks
+                else "the offer sends no audio or video golive can forward"
+            )
         _dtls_server(pc, offer)
         await pc.setLocalDescription(await pc.createAnswer())
-        for info, codec, receiver in receivers:
-            key = TrackKey(peer.room, peer.session, info.track_id)
-            peer.taps.append(
-                PublishedTrack(
-                    key, info, codec, receiver, registry=self._rooms.registry, metrics=self._metrics
-                )
-            )
-        return pc.localDescription.sdp, tuple(tracks)
+        return pc.localDescription.sdp, feeds
 
     # -- play ---------------------------------------------------------------------------------
 
     async def play(self, room: RoomName, offer_sdp: str) -> Answered | Refused:
         """Answer a viewer's offer. Raises :class:`InvalidOfferError` if it matches no track."""
         offer = parse_offer(offer_sdp)
-        peer = await self._admit(Role.SUBSCRIBER, room, offer)
-        if isinstance(peer, Refused):
-            return peer
+        admitted = await self._admit(Role.SUBSCRIBER, room, offer)
+        if isinstance(admitted, Refused):
+            return admitted
+        peer, _ = admitted
         taps = self.taps(room)
         if not taps:  # the publisher left between the admission and now
             await self._rooms.leave(peer.session, EndReason.NEGOTIATION_FAILED)
@@ -377,6 +469,9 @@ class MediaHub:
             peer.taps.append(tap)
         if not peer.taps:
             raise InvalidOfferError("the offer accepts none of the published codecs")
+        # Routed on exactly these (maybe not all the room's), asked now: the routes reach the
+        # loop while the answer is made and the client connects.
+        self._rooms.tracks_negotiated(peer.session, frozenset(t.info.track_id for t in peer.taps))
         _dtls_server(pc, offer)
         await pc.setLocalDescription(await pc.createAnswer())
         return pc.localDescription.sdp
@@ -427,16 +522,20 @@ class MediaHub:
 
     async def _admit(
         self, role: Role, room: RoomName, offer: SessionDescription
-    ) -> PeerSession | Refused:
-        """Ask the actors to admit a new session of ``role`` (before any negotiation)."""
+    ) -> tuple[PeerSession, bool] | Refused:
+        """Ask the actors to admit a new session of ``role`` (before any negotiation); with
+        whether it takes the room over (a publisher)."""
         pc = ForwardingPeerConnection(self._configuration, guard=self._guard)
         peer = PeerSession(self, role, room, pc)
-        if role is Role.PUBLISHER:
-            reply: PublisherClaimed | SubscriberAdmitted | Refused = await self._rooms.publish(
-                room, peer
-            )
-        else:
-            reply = await self._rooms.subscribe(room, peer)
+        reply: PublisherClaimed | SubscriberAdmitted | Refused
+        try:
+            if role is Role.PUBLISHER:
+                reply = await self._rooms.publish(room, peer, replaces=self._gone_publisher(room))
+            else:
+                reply = await self._rooms.subscribe(room, peer)
+        except BaseException:  # (a timeout: the admission is undone by the room service)
+            self._tasks.spawn(peer.pc.close())
+            raise
         if isinstance(reply, Refused):
             self._tasks.spawn(peer.pc.close())
             return reply
@@ -449,7 +548,25 @@ class MediaHub:
             {"golive.room": room, "golive.session": peer.session, "golive.role": role.value},
         )
         peer.tell("session requested")
-        return peer
+        return peer, isinstance(reply, PublisherClaimed) and reply.takeover
+
+    def _gone_publisher(self, room: RoomName) -> SessionId | None:
+        """The publisher of ``room``, if it is here and gone in all but name: it sent nothing
+        for :data:`PUBLISHER_SILENCE_SECONDS` or its transport is down. A new publisher may
+        take the room over from it (the directory decides)."""
+        tracks = self.taps(room)
+        if not tracks:
+            return None
+        peer = self.session(tracks[0].publisher)
+        if peer is None or peer.role is not Role.PUBLISHER or peer.ended is not None:
+            return None
+        silent = self._loop_time() - max(t.last_packet for t in tracks)
+        down = peer.connected and peer.pc.connectionState != "connected"
+        return peer.session if silent >= PUBLISHER_SILENCE_SECONDS or down else None
+
+    @staticmethod
+    def _loop_time() -> float:
+        return asyncio.get_running_loop().time()
 
     def _watch(self, peer: PeerSession) -> None:
         pc = peer.pc
@@ -520,12 +637,13 @@ class MediaHub:
             peer.transport_end = EndReason.ICE_FAILED if ice_down else EndReason.DTLS_CLOSED
 
     def closed(self, peer: PeerSession) -> None:
-        """A session ended: unhook it from the packet path and close its peer connection."""
+        """A session ended: unhook it from the packet path and close its peer connection.
+        (A publisher's tracks are the room's: they close when their fanouts retire them, and
+        a publisher taking the room over feeds them meanwhile.)"""
         if peer.role is Role.PUBLISHER:
-            if self._room_taps.get(peer.room) is peer.taps:
-                del self._room_taps[peer.room]
-            for tap in peer.taps:
-                tap.close()
+            for transceiver in peer.pc.getTransceivers():
+                for tap in peer.taps:
+                    tap.drop_source(transceiver.receiver)
         else:
             for tap in peer.taps:
                 tap.detach(peer.session)

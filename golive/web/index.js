@@ -30,7 +30,7 @@ function card(room) {
   return h('li', {class: 'panel', 'data-room': room.name},
     h('h2', {}, room.name),
     h('dl', {class: 'facts'},
-      fact('Publisher', room.hasPublisher ? 'live' : 'none',
+      fact('Publisher', room.hasPublisher ? 'live' : room.waiting ? 'reconnecting' : 'none',
         {class: room.hasPublisher ? 'live' : null, 'data-field': 'publisher'}),
       fact('Viewers', String(viewers), {'data-field': 'viewers'}),
       fact('Tracks', tracks(room), {'data-field': 'tracks'})),

@@ -55,13 +55,14 @@ function showAudience(room) {
   audience.textContent = room ? `${viewers} watching.` : '';
 }
 
-/** Whether the room has a publisher (null: cannot tell), from the server's room list. */
+/** Whether the room has a publisher, or waits for one to reconnect (null: cannot tell), from
+ * the server's room list. */
 async function publisherPresent(current) {
   try {
     const rooms = await getJSON(`${current.base}/api/rooms`);
     const room = rooms.find((r) => r.name === current.room);
     if (run === current) showAudience(room);
-    return Boolean(room?.hasPublisher);
+    return Boolean(room?.hasPublisher || room?.waiting);
   } catch {
     return null;
   }

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import fractions
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamTrack
 from av import VideoFrame
 
@@ -117,24 +117,41 @@ class Viewer:
             return
 
 
-async def view(base_url: str, room: str, headers: Mapping[str, str] | None = None) -> Viewer:
+async def view(
+    base_url: str,
+    room: str,
+    headers: Mapping[str, str] | None = None,
+    *,
+    kinds: Sequence[str] = ("video", "audio"),
+    video_codecs: Sequence[str] = (),
+) -> Viewer:
+    """A viewer offering to receive ``kinds`` (one recvonly section each, in that order);
+    its video section offers only ``video_codecs`` (MIME types) when given."""
     pc = RTCPeerConnection()
-    video = pc.addTransceiver("video", direction="recvonly")
-    pc.addTransceiver("audio", direction="recvonly")
+    transceivers = {kind: pc.addTransceiver(kind, direction="recvonly") for kind in kinds}
+    if video_codecs and "video" in transceivers:
+        capabilities = RTCRtpReceiver.getCapabilities("video")
+        assert capabilities is not None
+        wanted = {codec.lower() for codec in video_codecs}
+        transceivers["video"].setCodecPreferences(
+            [c for c in capabilities.codecs if c.mimeType.lower() in wanted]
+        )
     viewer = Viewer(pc, Answer(0, "", "", "", [], b""))
 
     # Watch the very first RTP packet of video the viewer receives.
-    receiver = video.receiver
-    original = receiver._handle_rtp_packet
+    video = transceivers.get("video")
+    if video is not None:
+        receiver = video.receiver
+        original = receiver._handle_rtp_packet
 
-    async def first_packet(packet, arrival_time_ms: int) -> None:  # type: ignore[no-untyped-def]
-        if viewer.first_video_packet_is_keyframe is None:
-            viewer.first_video_packet_is_keyframe = keyframe_start(
-                "video/VP8", bytes(packet.serialize())
-            )
-        await original(packet, arrival_time_ms)
+        async def first_packet(packet, arrival_time_ms: int) -> None:  # type: ignore[no-untyped-def]
+            if viewer.first_video_packet_is_keyframe is None:
+                viewer.first_video_packet_is_keyframe = keyframe_start(
+                    "video/VP8", bytes(packet.serialize())
+                )
+            await original(packet, arrival_time_ms)
 
-    receiver._handle_rtp_packet = first_packet  # type: ignore[method-assign]
+        receiver._handle_rtp_packet = first_packet  # type: ignore[method-assign]
 
     @pc.on("track")
     def on_track(track: MediaStreamTrack) -> None:

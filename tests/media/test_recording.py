@@ -137,6 +137,49 @@ async def test_a_session_is_recorded_to_files_that_play(
     assert samples[("golive_recording_bytes_written_total", ())] > 0
 
 
+async def test_a_publisher_taking_a_room_over_records_anew(
+    recording_server: ServerThread, record_dir: Path
+) -> None:
+    """The publisher vanishes (no DELETE): its recordings are finalized as the room starts
+    waiting. A publisher taking the room over is recorded in files of its own; none of its
+    packets reach the first publisher's files."""
+    room = "rec-takeover"
+    first = await publish_counting(recording_server.url, room, "video/VP8")
+    second: CountingPublisher | None = None
+    try:
+        await eventually(
+            lambda: len(first.sent.video_frames) >= FPS, what="a second of video", seconds=DEADLINE
+        )
+        await first.pc.close()
+        await eventually(
+            lambda: b'"waiting": true' in recording_server.get("/api/rooms")[1],
+            what="the room to wait",
+        )
+        second = await publish_counting(recording_server.url, room, "video/VP8")
+        await eventually(
+            lambda: len(second.sent.video_frames) >= FPS if second else False,
+            what="a second of the new publisher's video",
+            seconds=DEADLINE,
+        )
+        assert await delete(recording_server.url, second.location) == 200
+    finally:
+        await close_all(first.pc, *([second.pc] if second else []))
+    assert second is not None
+    videos, audios = finished(record_dir, ".ivf"), finished(record_dir, ".ogg")
+    assert (len(videos), len(audios)) == (2, 2), (videos, audios)
+    assert [decode_errors(path) for path in videos] == ["", ""]
+    frames = sorted(probe(path).frames for path in videos)
+    sent = sorted([len(first.sent.video_frames), len(second.sent.video_frames)])
+    for recorded, count in zip(frames, sent, strict=True):
+        assert count - 3 <= recorded <= count  # each file one publisher's frames, no more
+
+
+def finished(directory: Path, suffix: str) -> list[Path]:
+    """The finished recordings with ``suffix``; nothing left marked as being recorded."""
+    assert list((directory / ".golive" / "recording").iterdir()) == []
+    return sorted(directory.glob(f"*{suffix}"))
+
+
 async def test_loss_the_server_cannot_repair_still_gives_a_clean_file(
     recording_server: ServerThread, record_dir: Path
 ) -> None:
@@ -224,9 +267,11 @@ async def test_recordings_are_uploaded_and_deleted_by_s3_settings_alone(
         client = s3.client()
 
         def uploaded() -> list[str]:
-            if not client.bucket_exists(bucket):
+            if not client.bucket_exists(bucket_name=bucket):
                 return []
-            return sorted(o.object_name or "" for o in client.list_objects(bucket, recursive=True))
+            return sorted(
+                o.object_name or "" for o in client.list_objects(bucket_name=bucket, recursive=True)
+            )
 
         await asyncio.to_thread(wait_until, lambda: len(uploaded()) == 2, timeout=DEADLINE)
         keys = uploaded()
@@ -238,7 +283,7 @@ async def test_recordings_are_uploaded_and_deleted_by_s3_settings_alone(
         )
         assert list((record_dir / ".golive" / "upload").iterdir()) == []
         for key in keys:
-            data = client.get_object(bucket, key).read()
+            data = client.get_object(bucket_name=bucket, object_name=key).read()
             local = tmp_path / Path(key).name
             local.write_bytes(data)
             assert decode_errors(local) == ""

@@ -61,11 +61,24 @@ def track_lists(draw: st.DrawFn) -> tuple[TrackInfo, ...]:
     )
 
 
+#: Which of a room's tracks a viewer's answer carries: all of them (None: the usual player),
+#: or those at some positions (an audio-only player, a codec it cannot take).
+picks = st.none() | st.frozensets(st.integers(min_value=0, max_value=2), min_size=1)
+
+
+def chosen(tracks: tuple[TrackInfo, ...], pick: frozenset[int] | None) -> frozenset[TrackId]:
+    """The tracks ``pick`` names among ``tracks`` (all of them if it names none there)."""
+    named = frozenset(t.track_id for i, t in enumerate(tracks) if pick is None or i in pick)
+    return named or frozenset(t.track_id for t in tracks)
+
+
 @dataclass
 class ModelRoom:
     publisher: SessionId
     tracks: tuple[TrackInfo, ...] = ()  # empty while the publish is pending
     subscribers: set[SessionId] = field(default_factory=set)
+    waiting: bool = False  # its publisher vanished: viewers kept until a takeover
+    taking_over: bool = False  # a new publisher took it over, its offer not answered yet
 
     @property
     def live(self) -> bool:
@@ -75,6 +88,7 @@ class ModelRoom:
 @dataclass
 class ModelViewer:
     room: RoomName
+    tracks: frozenset[TrackId]  # what its answer carries: some or all of the room's
     connected: bool = False
     keyframed: set[TrackId] = field(default_factory=set)
 
@@ -111,6 +125,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.unadopted: list[SessionId] = []
         # Every ended room's publisher, and what its room showed when it ended.
         self.ended_rooms: list[tuple[SessionId, RoomInfo]] = []
+        self.waits: list[tuple[RoomName, SessionId]] = []  # every room that waited, and for whom
         RUNS[self.name, "examples"] += 1
 
     # -- the system under test (subclasses) ---------------------------------------------------
@@ -118,7 +133,8 @@ class LifecycleMachine(RuleBasedStateMachine):
     def start(self, limit: int) -> None:
         raise NotImplementedError
 
-    def publish(self, room: RoomName) -> SessionId | Refusal:
+    def publish(self, room: RoomName, replaces: SessionId | None = None) -> SessionId | Refusal:
+        """Claim ``room``; ``replaces``: its publisher, seen silent by the claimant."""
         raise NotImplementedError
 
     def go_live(self, session: SessionId, tracks: tuple[TrackInfo, ...]) -> Refusal | None:
@@ -127,7 +143,9 @@ class LifecycleMachine(RuleBasedStateMachine):
     def end_publisher(self, session: SessionId, *, failed: bool) -> bool:
         raise NotImplementedError
 
-    def subscribe(self, room: RoomName) -> SessionId | Refusal:
+    def subscribe(self, room: RoomName, tracks: frozenset[TrackId]) -> SessionId | Refusal:
+        """A WHEP POST: admission to ``room``, then an answer carrying ``tracks`` (some or all
+        of the room's; meaningless when the viewer is refused)."""
         raise NotImplementedError
 
     def connect(self, session: SessionId) -> None:
@@ -140,6 +158,14 @@ class LifecycleMachine(RuleBasedStateMachine):
         raise NotImplementedError
 
     def transport_fails(self, session: SessionId) -> None:
+        raise NotImplementedError
+
+    def publisher_vanishes(self, session: SessionId) -> None:
+        """The publisher's transport fails (no DELETE)."""
+        raise NotImplementedError
+
+    def reconnect_expires(self, room: RoomName, publisher: SessionId) -> None:
+        """The reconnect window of ``room``, waiting since ``publisher`` vanished, passes."""
         raise NotImplementedError
 
     def admin_close(self, room: RoomName) -> bool:
@@ -163,14 +189,24 @@ class LifecycleMachine(RuleBasedStateMachine):
     # -- model helpers ------------------------------------------------------------------------
 
     def room_of_publisher(self, session: SessionId) -> RoomName | None:
+        """The room ``session`` publishes in (not one it vanished from)."""
         for name, room in self.model.items():
-            if room.publisher == session:
+            if room.publisher == session and not room.waiting:
                 return name
         return None
 
+    def wait(self, name: RoomName, reason: EndReason) -> None:
+        """The room's publisher is gone (closed for ``reason``); the room waits for another."""
+        room = self.model[name]
+        self.closed[room.publisher] = reason
+        room.waiting, room.taking_over = True, False
+        self.waits.append((name, room.publisher))
+        RUNS[self.name, "rooms waiting for a publisher"] += 1
+
     def end_room(self, name: RoomName, reason: EndReason) -> None:
         room = self.model.pop(name)
-        self.closed[room.publisher] = reason
+        if not room.waiting:  # (a waiting room's publisher was closed as it vanished)
+            self.closed[room.publisher] = reason
         shown = RoomInfo(
             name, has_publisher=True, tracks=room.tracks, subscribers=len(room.subscribers)
         )
@@ -195,10 +231,14 @@ class LifecycleMachine(RuleBasedStateMachine):
         limit=st.integers(min_value=0, max_value=3),
         room=rooms,
         tracks=st.none() | track_lists(),
-        viewers=st.integers(min_value=0, max_value=4),
+        viewers=st.lists(picks, max_size=4),
     )
     def setup(
-        self, limit: int, room: RoomName, tracks: tuple[TrackInfo, ...] | None, viewers: int
+        self,
+        limit: int,
+        room: RoomName,
+        tracks: tuple[TrackInfo, ...] | None,
+        viewers: list[frozenset[int] | None],
     ) -> object:
         """Start the system with one room (live or pending) and maybe viewers in it."""
         self.limit = limit
@@ -216,12 +256,35 @@ class LifecycleMachine(RuleBasedStateMachine):
         adopted, self.unadopted = self.unadopted, []
         return multiple(*adopted)
 
-    def do_publish(self, room: RoomName, tracks: tuple[TrackInfo, ...] | None) -> object:
-        self.step(f"publish {room}" + ("" if tracks is None else " and go live"))
-        result = self.publish(room)
-        if room in self.model:
-            assert result == Refusal.ROOM_TAKEN, result
-            return multiple()
+    def do_publish(
+        self,
+        room: RoomName,
+        tracks: tuple[TrackInfo, ...] | None,
+        replaces: SessionId | None = None,
+    ) -> object:
+        self.step(
+            f"publish {room}"
+            + ("" if replaces is None else f" replacing {replaces[:6]}")
+            + ("" if tracks is None else " and go live")
+        )
+        result = self.publish(room, replaces)
+        model = self.model.get(room)
+        if model is not None:
+            # A room that has gone live may be taken over: waiting, or from its publisher
+            # the claimant saw go silent.
+            takeover = model.waiting or (replaces == model.publisher and bool(model.tracks))
+            if not takeover:
+                assert result == Refusal.ROOM_TAKEN, result
+                return multiple()
+            assert not isinstance(result, Refusal), result
+            if not model.waiting:
+                self.closed[model.publisher] = EndReason.PUBLISHER_REPLACED
+            model.publisher, model.waiting, model.taking_over = result, False, True
+            RUNS[self.name, "rooms taken over"] += 1
+            if tracks is not None:  # (its tracks are mapped onto the room's)
+                assert self.go_live(result, model.tracks) is None
+                model.taking_over = False
+            return result
         assert not isinstance(result, Refusal), result
         self.model[room] = ModelRoom(publisher=result)
         if tracks is not None:
@@ -230,12 +293,13 @@ class LifecycleMachine(RuleBasedStateMachine):
             RUNS[self.name, "rooms gone live"] += 1
         return result
 
-    def do_subscribe(self, room: RoomName, count: int) -> list[SessionId]:
-        self.step(f"{count} viewer(s) subscribe to {room}")
+    def do_subscribe(self, room: RoomName, viewers: list[frozenset[int] | None]) -> list[SessionId]:
+        self.step(f"{len(viewers)} viewer(s) subscribe to {room}: {viewers}")
         admitted = []
-        for _ in range(count):
-            result = self.subscribe(room)
+        for pick in viewers:
             model = self.model.get(room)
+            tracks = frozenset() if model is None else chosen(model.tracks, pick)
+            result = self.subscribe(room, tracks)
             if model is None or not model.live:
                 assert result == Refusal.NO_PUBLISHER, result
                 continue
@@ -244,8 +308,10 @@ class LifecycleMachine(RuleBasedStateMachine):
                 continue
             assert not isinstance(result, Refusal), result
             model.subscribers.add(result)
-            self.viewer_state[result] = ModelViewer(room)
+            self.viewer_state[result] = ModelViewer(room, tracks)
             RUNS[self.name, "viewers admitted"] += 1
+            if len(tracks) < len(model.tracks):
+                RUNS[self.name, "viewers of some of the tracks"] += 1
             admitted.append(result)
         return admitted
 
@@ -258,6 +324,12 @@ class LifecycleMachine(RuleBasedStateMachine):
     def go_live_rule(self, session: SessionId, tracks: tuple[TrackInfo, ...]) -> None:
         self.step(f"publisher {session[:6]} goes live with {[t.kind.value for t in tracks]}")
         name = self.room_of_publisher(session)
+        if name is not None and self.model[name].taking_over:
+            room = self.model[name]
+            result = self.go_live(session, room.tracks)  # mapped onto the room's tracks
+            assert result is None, result
+            room.taking_over = False
+            return
         result = self.go_live(session, tracks)
         if name is None:
             assert result == Refusal.UNKNOWN_SESSION, result
@@ -276,16 +348,50 @@ class LifecycleMachine(RuleBasedStateMachine):
         name = self.room_of_publisher(session)
         ended = self.end_publisher(session, failed=failed)
         assert ended == (name is not None)
-        if name is not None:
+        if name is None:
+            return
+        if failed and self.model[name].tracks:  # a failed takeover: the room waits again
+            self.wait(name, EndReason.PUBLISH_FAILED)
+        else:
             self.end_room(name, EndReason.PUBLISH_FAILED if failed else EndReason.PUBLISHER_LEFT)
 
-    @rule(target=viewers, data=st.data(), count=st.integers(min_value=1, max_value=4))
-    def subscribe_rule(self, data: st.DataObject, count: int) -> object:
+    @rule(session=consumes(publishers))
+    def publisher_vanishes_rule(self, session: SessionId) -> None:
+        self.step(f"publisher {session[:6]} vanishes (its transport fails)")
+        name = self.room_of_publisher(session)
+        self.publisher_vanishes(session)
+        if name is None:
+            return
+        if self.model[name].tracks:
+            self.wait(name, EndReason.ICE_FAILED)
+        else:  # it never went live: nothing to keep
+            self.end_room(name, EndReason.ICE_FAILED)
+
+    @rule(target=publishers, room=rooms, tracks=st.none() | track_lists())
+    def takeover_rule(self, room: RoomName, tracks: tuple[TrackInfo, ...] | None) -> object:
+        """A publish from a client that saw the room's publisher go silent."""
+        model = self.model.get(room)
+        return self.do_publish(room, tracks, None if model is None else model.publisher)
+
+    @precondition(lambda self: bool(self.waits))
+    @rule(data=st.data())
+    def reconnect_expires_rule(self, data: st.DataObject) -> None:
+        """A reconnect window passes: the room ends if it still waits for that publisher's
+        successor; a window of a room taken over since (or gone) changes nothing."""
+        name, publisher = data.draw(st.sampled_from(self.waits))
+        self.step(f"the reconnect window of {name} (since {publisher[:6]}) passes")
+        self.reconnect_expires(name, publisher)
+        room = self.model.get(name)
+        if room is not None and room.waiting and room.publisher == publisher:
+            self.end_room(name, EndReason.PUBLISHER_GONE)
+
+    @rule(target=viewers, data=st.data(), choices=st.lists(picks, min_size=1, max_size=4))
+    def subscribe_rule(self, data: st.DataObject, choices: list[frozenset[int] | None]) -> object:
         # Mostly rooms that exist, so that viewers do get in; sometimes any name.
         existing = sorted(self.model)
         pick_existing = bool(existing) and data.draw(st.booleans())
         room = data.draw(st.sampled_from(existing) if pick_existing else rooms)
-        return multiple(*self.do_subscribe(room, count))
+        return multiple(*self.do_subscribe(room, choices))
 
     @rule(session=viewers)
     def connect_rule(self, session: SessionId) -> None:
@@ -298,7 +404,13 @@ class LifecycleMachine(RuleBasedStateMachine):
     def keyframe_rule(self, session: SessionId, data: st.DataObject) -> None:
         room = self.viewer_room(session)
         viewer = self.viewer_state.get(session)
-        videos = [] if room is None else [t for t in room.tracks if t.kind is MediaKind.VIDEO]
+        videos = (
+            []
+            if room is None or viewer is None
+            else [
+                t for t in room.tracks if t.kind is MediaKind.VIDEO and t.track_id in viewer.tracks
+            ]
+        )
         if room is None or viewer is None or not viewer.connected or not videos:
             return
         track = data.draw(st.sampled_from(videos)).track_id
@@ -370,7 +482,8 @@ class LifecycleMachine(RuleBasedStateMachine):
         # Exactly the model's sessions are live, each with its role; one publisher per room.
         expected: dict[SessionId, tuple[RoomName, Role]] = {}
         for name, room in self.model.items():
-            expected[room.publisher] = (name, Role.PUBLISHER)
+            if not room.waiting:
+                expected[room.publisher] = (name, Role.PUBLISHER)
             expected.update(dict.fromkeys(room.subscribers, (name, Role.SUBSCRIBER)))
         assert seen.sessions == expected, (seen.sessions, expected)
         publishers = Counter(
@@ -380,12 +493,15 @@ class LifecycleMachine(RuleBasedStateMachine):
         # A closed session is gone for good.
         assert not self.closed.keys() & set(seen.sessions)
         assert not self.closed.keys() & set(seen.routes)
-        # Routes: a viewer has one on every track from its admission; video waits for a
-        # keyframe (which only a connected viewer gets).
+        # Routes: a viewer has one on each track its answer carries, and on no other, from its
+        # POST on; video waits for a keyframe (which only a connected viewer gets). It is
+        # active once every one of them forwards.
         for session, viewer in self.viewer_state.items():
             room = self.model[viewer.room]
             want: dict[TrackId, RoutePhase] = {}
             for track in room.tracks:
+                if track.track_id not in viewer.tracks:
+                    continue
                 started = track.kind is MediaKind.AUDIO or track.track_id in viewer.keyframed
                 want[track.track_id] = (
                     RoutePhase.FORWARDING if started else RoutePhase.WAITING_KEYFRAME

@@ -27,6 +27,7 @@ from golive.actors.messages import (
     EndReason,
     KeyframeDelivered,
     PublisherClaimed,
+    ReconnectExpired,
     Refusal,
     Refused,
     Role,
@@ -56,7 +57,12 @@ class ActorLifecycle(LifecycleMachine):
     def start(self, limit: int) -> None:
         self.threads_before = set(threading.enumerate())
         config = Config.from_env(
-            {"MAX_SUBS_PER_ROOM": str(limit), "ACTOR_TIMEOUT_SECONDS": str(TIMEOUT)}
+            {
+                "MAX_SUBS_PER_ROOM": str(limit),
+                "ACTOR_TIMEOUT_SECONDS": str(TIMEOUT),
+                # Windows pass when a rule says so (reconnect_expires), never by the clock.
+                "PUBLISHER_RECONNECT_SECONDS": "3600",
+            }
         )
         self.server = ServerThread(config).start()
         self.endpoints: dict[SessionId, ProbeEndpoint] = {}
@@ -85,9 +91,10 @@ class ActorLifecycle(LifecycleMachine):
 
     # -- the system under test ----------------------------------------------------------------
 
-    def publish(self, room: RoomName) -> SessionId | Refusal:
+    def publish(self, room: RoomName, replaces: SessionId | None = None) -> SessionId | Refusal:
         endpoint = ProbeEndpoint(f"publisher of {room}")
-        reply = self.server.run(self.server.rooms.publish(room, endpoint))
+        reply = self.server.run(self.server.rooms.publish(room, endpoint, replaces=replaces))
+        self.settle()  # (a takeover closes the publisher it replaces)
         if isinstance(reply, Refused):
             return reply.reason
         assert isinstance(reply, PublisherClaimed)
@@ -105,14 +112,16 @@ class ActorLifecycle(LifecycleMachine):
         self.settle()
         return isinstance(reply, Done)
 
-    def subscribe(self, room: RoomName) -> SessionId | Refusal:
+    def subscribe(self, room: RoomName, tracks: frozenset[TrackId]) -> SessionId | Refusal:
         endpoint = ProbeEndpoint(f"viewer of {room}")
         reply = self.server.run(self.server.rooms.subscribe(room, endpoint))
         if isinstance(reply, Refused):
             return reply.reason
         assert isinstance(reply, SubscriberAdmitted)
         self.endpoints[reply.session] = endpoint
-        self.settle()  # its routes, asked for as it started
+        # What the media layer tells once the viewer's offer is matched.
+        self.server.call(lambda: self.server.rooms.tracks_negotiated(reply.session, tracks))
+        self.settle()  # its routes, asked for then
         return reply.session
 
     def connect(self, session: SessionId) -> None:
@@ -141,6 +150,15 @@ class ActorLifecycle(LifecycleMachine):
 
     def transport_fails(self, session: SessionId) -> None:
         self.server.call(lambda: self.server.rooms.peer_failed(session, EndReason.ICE_FAILED))
+        self.settle()
+
+    def publisher_vanishes(self, session: SessionId) -> None:
+        self.server.call(lambda: self.server.rooms.peer_failed(session, EndReason.ICE_FAILED))
+        self.server.run(self.server.rooms._tasks.wait(TIMEOUT))  # its room waits, or ends
+        self.settle()
+
+    def reconnect_expires(self, room: RoomName, publisher: SessionId) -> None:
+        self.server.rooms._directory.actor_ref.tell(ReconnectExpired(room, publisher))
         self.settle()
 
     def admin_close(self, room: RoomName) -> bool:
@@ -194,7 +212,7 @@ class ActorLifecycle(LifecycleMachine):
         status, body = self.server.get("/api/rooms")
         assert status == 200
         listed = {r["name"]: (r["tracks"], r["subscribers"]) for r in json.loads(body)}
-        assert all(r["hasPublisher"] for r in json.loads(body))
+        assert all(r["hasPublisher"] != r["waiting"] for r in json.loads(body))
         records = self.records()
         sessions = {r.session: (r.room, r.role) for r in records}
         routes: dict[SessionId, dict[TrackId, RoutePhase]] = {}
@@ -239,7 +257,8 @@ class ActorLifecycle(LifecycleMachine):
             name: len(room.subscribers) for name, room in self.model.items()
         }
         sessions = labelled(samples, "golive_sessions", "role")
-        assert sessions.get("publisher", 0) == len(self.model)
+        publishing = [room for room in self.model.values() if not room.waiting]
+        assert sessions.get("publisher", 0) == len(publishing)
         assert sessions.get("subscriber", 0) == sum(len(r.subscribers) for r in self.model.values())
 
     def teardown(self) -> None:

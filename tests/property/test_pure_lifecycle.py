@@ -34,7 +34,7 @@ class PureLifecycle(LifecycleMachine):
     name = "pure-state machine"
 
     def start(self, limit: int) -> None:
-        self.directory: DirectoryState[RoomState] = DirectoryState()
+        self.directory: DirectoryState[RoomState] = DirectoryState(reconnect=True)
         self.fanouts: dict[tuple[RoomName, TrackId], FanoutState] = {}
         self.subs: dict[SessionId, tuple[RoomName, SubscriberState]] = {}
         self.ended_subs: dict[SessionId, SubscriberState] = {}
@@ -45,8 +45,10 @@ class PureLifecycle(LifecycleMachine):
         return None if entry is None else entry.room
 
     def _published_by(self, session: SessionId) -> RoomName | None:
+        """The room ``session`` publishes in (not one it vanished from: its session is
+        closed, as the loop's registry would show)."""
         for name, entry in self.directory.rooms.items():
-            if entry.publisher == session:
+            if entry.publisher == session and not entry.waiting:
                 return name
         return None
 
@@ -69,18 +71,45 @@ class PureLifecycle(LifecycleMachine):
 
     def _close_viewer(self, session: SessionId, reason: EndReason) -> None:
         name, viewer = self.subs.pop(session)
-        if viewer.close(reason):
-            for _, fanout in self._room_fanouts(name):
-                fanout.remove(session)
+        if viewer.close(reason):  # its routes withdrawn, on the tracks it was routed on
+            for track in viewer.tracks or ():
+                if (name, track) in self.fanouts:
+                    self.fanouts[(name, track)].remove(session)
         self.ended_subs[session] = viewer
 
-    def publish(self, room: RoomName) -> SessionId | Refusal:
-        refusal = self.directory.can_claim(room)
+    def publish(self, room: RoomName, replaces: SessionId | None = None) -> SessionId | Refusal:
+        refusal = self.directory.can_claim(room, replaces)
         if refusal is not None:
             return refusal
         session = new_session_id()
-        self.directory.add(room, session, RoomState(room, session, self.max_subscribers))
+        if self.directory.takes_over(room, replaces):
+            self.directory.take_over(room, session).room.take_over(session)
+            self._report(room)
+        else:
+            self.directory.add(room, session, RoomState(room, session, self.max_subscribers))
         return session
+
+    def _lose(self, name: RoomName, session: SessionId, reason: EndReason) -> None:
+        """The publisher is gone without a DELETE: the room waits, or ends."""
+        if self.directory.lose(name, session):
+            assert self.directory.rooms[name].room.lose(session)
+            self._report(name)
+            return
+        entry = self.directory.remove(name, session)
+        assert not isinstance(entry, Refusal)
+        self._end(name, entry.room, reason)
+
+    def publisher_vanishes(self, session: SessionId) -> None:
+        name = self._published_by(session)
+        if name is not None:
+            self._lose(name, session, EndReason.ICE_FAILED)
+
+    def reconnect_expires(self, room: RoomName, publisher: SessionId) -> None:
+        entry = self.directory.rooms.get(room)
+        if entry is not None and entry.waiting and entry.publisher == publisher:
+            removed = self.directory.remove(room, publisher)
+            assert not isinstance(removed, Refusal)
+            self._end(room, removed.room, EndReason.PUBLISHER_GONE)
 
     def go_live(self, session: SessionId, tracks: tuple[TrackInfo, ...]) -> Refusal | None:
         name = self._published_by(session)
@@ -99,13 +128,15 @@ class PureLifecycle(LifecycleMachine):
         name = self._published_by(session)
         if name is None:
             return False
+        if failed:
+            self._lose(name, session, EndReason.PUBLISH_FAILED)
+            return True
         entry = self.directory.remove(name, session)
         assert not isinstance(entry, Refusal)
-        reason = EndReason.PUBLISH_FAILED if failed else EndReason.PUBLISHER_LEFT
-        self._end(name, entry.room, reason)
+        self._end(name, entry.room, EndReason.PUBLISHER_LEFT)
         return True
 
-    def subscribe(self, room: RoomName) -> SessionId | Refusal:
+    def subscribe(self, room: RoomName, tracks: frozenset[TrackId]) -> SessionId | Refusal:
         state = self._room(room)
         if state is None:
             return Refusal.NO_PUBLISHER
@@ -114,11 +145,12 @@ class PureLifecycle(LifecycleMachine):
         if refusal is not None:
             return refusal
         self._report(room)
-        viewer = SubscriberState(frozenset(t.track_id for t in state.tracks))
+        viewer = SubscriberState()
         self.subs[session] = (room, viewer)
-        for track, fanout in self._room_fanouts(room):  # routes asked for at admission
-            if fanout.add(session) is RoutePhase.FORWARDING:
-                viewer.track_forwarding(track)
+        if viewer.negotiated(tracks):  # routes asked for on the tracks its answer carries
+            for track in tracks:
+                if self.fanouts[(room, track)].add(session) is RoutePhase.FORWARDING:
+                    viewer.track_forwarding(track)
         return session
 
     def connect(self, session: SessionId) -> None:
@@ -169,7 +201,9 @@ class PureLifecycle(LifecycleMachine):
             for name, entry in self.directory.rooms.items()
         }
         sessions = {
-            entry.publisher: (name, Role.PUBLISHER) for name, entry in self.directory.rooms.items()
+            entry.publisher: (name, Role.PUBLISHER)
+            for name, entry in self.directory.rooms.items()
+            if not entry.waiting
         }
         sessions.update({s: (name, Role.SUBSCRIBER) for s, (name, _) in self.subs.items()})
         routes: dict[SessionId, dict[TrackId, RoutePhase]] = {}

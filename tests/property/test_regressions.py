@@ -69,6 +69,7 @@ async def test_a_reclaimed_room_keeps_its_routes_when_the_old_fanout_retires(
     second = await live(rooms)
     viewer = await rooms.subscribe(ROOM, ProbeEndpoint("viewer"))
     assert isinstance(viewer, SubscriberAdmitted)
+    rooms.tracks_negotiated(viewer.session, frozenset(track.track_id for track in TRACKS))
     rooms.peer_connected(viewer.session)
     await barrier(viewer.subscriber, TIMEOUT)
     for key in rooms.registry.tracks():

@@ -4,7 +4,9 @@ crashes that lose nothing, and recovery at the next start."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +31,16 @@ from golive.actors.recorder import RecorderActor, RecordingSettings, recover_int
 from golive.media.containers import finalize_ivf
 from golive.metrics import Metrics, create_metrics
 from golive.recordings import RecordingStore
+from tests.disk import SmallFilesystem, small_filesystem
 from tests.recording.probe import decode_errors, probe
-from tests.recording.streams import assembled, opus_frames, packetize, vp8_frames
+from tests.recording.streams import (
+    EncodedFrame,
+    assembled,
+    h264_frames,
+    opus_frames,
+    packetize,
+    vp8_frames,
+)
 from tests.support import metric_samples, wait_until
 
 TIMEOUT = 10.0
@@ -92,6 +102,7 @@ def start_recorder(
     port: Port,
     *,
     uploader: pykka.ActorRef[Any] | None = None,
+    barrier: bool = True,
 ) -> pykka.ActorRef[Any]:
     settings = RecordingSettings(
         store, upload=uploader is not None, uploader=uploader, clock=lambda: NOW
@@ -100,7 +111,8 @@ def start_recorder(
     ref = RecorderActor.start(
         key, info, settings=settings, parent=parent, port=port, metrics=metrics
     )
-    ref.proxy().ping().get(timeout=TIMEOUT)  # on_start (which creates the file) has run
+    if barrier:
+        ref.proxy().ping().get(timeout=TIMEOUT)  # on_start (which creates the file) has run
     return ref
 
 
@@ -210,3 +222,114 @@ def test_interrupted_recordings_are_repaired_and_queued_at_the_next_start(
     assert not empty.exists()
     assert decode_errors(video) == ""
     assert finalize_ivf(video) == 59  # the frame cut short is gone, the header says so
+
+
+# --- faults: a recording fails, the room is told, nothing is lost -----------------------------
+
+
+def samples_of(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return metric_samples(metrics.render().decode())
+
+
+def counted(metrics: Metrics, name: str, label: tuple[str, str] | None = None) -> float:
+    return samples_of(metrics).get((name, () if label is None else (label,)), 0.0)
+
+
+def told(inbox: pykka.ActorRef[Any], count: int) -> list[Any]:
+    """What ``inbox`` was told, once it holds ``count`` messages."""
+    wait_until(
+        lambda: len(inbox.proxy().messages().get(timeout=TIMEOUT)) >= count,
+        timeout=TIMEOUT,
+        what=f"{count} messages",
+    )
+    messages: list[Any] = inbox.proxy().messages().get(timeout=TIMEOUT)
+    return messages
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Any:
+    with small_filesystem(tmp_path / "small", size=512 * 1024, inodes=64) as filesystem:
+        yield filesystem
+
+
+@pytest.mark.parametrize("fault", ["read-only", "no inode left"])
+def test_a_recorder_whose_file_cannot_be_created_reports_it_and_stops(
+    small_fs: SmallFilesystem, inbox: pykka.ActorRef[Any], fault: str
+) -> None:
+    """Review bug 2: the file is created in on_start, where pykka calls neither on_failure nor
+    on_stop. The disk refuses for real (a tmpfs remounted read-only, or out of inodes)."""
+    store = RecordingStore(small_fs.path / "records")
+    store.prepare()
+    if fault == "read-only":
+        small_fs.remount_read_only()
+    else:
+        assert small_fs.fill_inodes("records") > 0
+    metrics, port = create_metrics(), Port()
+    recorder = start_recorder(store, VIDEO, inbox, metrics, port, barrier=False)
+    assert told(inbox, 1) == [RecorderCrashed(TrackId("0"))]
+    wait_until(lambda: not recorder.is_alive(), timeout=TIMEOUT, what="the recorder to stop")
+    codec = ("codec", "video/VP8")
+    assert counted(metrics, "golive_recordings_failed_total", codec) == 1
+    assert counted(metrics, "golive_recordings_started_total", codec) == 0
+    # A full or read-only disk is not a bug: no actor crash is counted.
+    assert counted(metrics, "golive_actor_crashes_total", ("actor", "recorder")) == 0
+    assert store.interrupted() == []  # no marker left behind
+    assert not [p for p in store.directory.iterdir() if p.suffix == ".ivf"]
+
+
+def test_a_recorder_whose_start_hits_a_bug_crashes_and_reports_it(
+    store: RecordingStore, inbox: pykka.ActorRef[Any]
+) -> None:
+    """Any other exception in on_start is a crash, counted as one (pykka alone would only log
+    it): here a codec the recorder cannot record (the room never asks for one)."""
+    metrics, port = create_metrics(), Port()
+    av1 = TrackInfo(TrackId("2"), MediaKind.VIDEO, "video/AV1")
+    recorder = start_recorder(store, av1, inbox, metrics, port, barrier=False)
+    assert told(inbox, 1) == [RecorderCrashed(TrackId("2"))]
+    wait_until(lambda: not recorder.is_alive(), timeout=TIMEOUT, what="the recorder to stop")
+    assert counted(metrics, "golive_recordings_failed_total", ("codec", "video/AV1")) == 1
+    # pykka marks the actor dead before its failure handling ends: wait for the count.
+    wait_until(
+        lambda: counted(metrics, "golive_actor_crashes_total", ("actor", "recorder")) == 1,
+        timeout=TIMEOUT,
+        what="the crash to be counted",
+    )
+
+
+STREAMS: dict[str, tuple[TrackInfo, Callable[[], tuple[EncodedFrame, ...]]]] = {
+    "ivf": (VIDEO, vp8_frames),
+    "mkv": (TrackInfo(TrackId("0"), MediaKind.VIDEO, "video/H264"), partial(h264_frames, 90)),
+    "ogg": (AUDIO, partial(opus_frames, 150)),
+}
+
+
+@pytest.mark.parametrize("extension", sorted(STREAMS))
+def test_a_disk_that_fills_up_stops_the_recording_and_keeps_what_was_written(
+    small_fs: SmallFilesystem, inbox: pykka.ActorRef[Any], extension: str
+) -> None:
+    info, frames = STREAMS[extension]
+    encoded = frames()
+    store = RecordingStore(small_fs.path / "records")
+    store.prepare()
+    metrics, port = create_metrics(), Port()
+    recorder = start_recorder(store, info, inbox, metrics, port, uploader=inbox)
+    packets = packetize(encoded)
+    half = len(packets) // 2
+    for packet in packets[:half]:
+        recorder.tell(RecordPacket(packet))
+    recorder.proxy().ping().get(timeout=TIMEOUT)
+    assert small_fs.fill() > 0  # the disk is full from here on
+    for packet in packets[half:]:
+        recorder.tell(RecordPacket(packet))
+    messages = told(inbox, 2)
+    wait_until(lambda: not recorder.is_alive(), timeout=TIMEOUT, what="the recorder to stop")
+    [path] = [p for p in store.directory.iterdir() if p.suffix == f".{extension}"]
+    assert messages == [RecorderCrashed(info.track_id), UploadRecording(path)]
+    # Kept, finalized as far as the full disk allows, and queued for upload.
+    assert store.interrupted() == []
+    assert store.pending_uploads() == [path]
+    assert decode_errors(path) == ""
+    assert 0 < probe(path).frames < len(encoded)
+    assert counted(metrics, "golive_recordings_failed_total", ("codec", info.codec)) == 1
+    assert counted(metrics, "golive_recordings_finished_total", ("codec", info.codec)) == 0
+    assert counted(metrics, "golive_actor_crashes_total", ("actor", "recorder")) == 0

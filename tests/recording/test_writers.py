@@ -19,6 +19,7 @@ from golive.media.containers import (
     finalize_ivf,
     opus_samples,
     repair_recording,
+    truncate_matroska,
     vp8_dimensions,
     vp9_dimensions,
 )
@@ -181,6 +182,33 @@ def test_an_ivf_cut_anywhere_is_repaired(tmp_path: Path, cut: int) -> None:
     if path.stat().st_size > 32:
         assert decode_errors(path) == ""
     assert finalize_ivf(path) == ivf_header(path)[4]
+
+
+MATROSKA_CLUSTER = bytes.fromhex("1f43b675")  # a cluster's element ID
+
+
+@settings(
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(cut=st.integers(0, 1_000_000))
+def test_a_matroska_file_cut_anywhere_is_cut_back_to_whole_clusters_in_place(
+    tmp_path: Path, cut: int
+) -> None:
+    """A full disk cuts a cluster short: the repair that needs no free space (no remux) leaves
+    a file that decodes without error, every complete cluster kept."""
+    whole = tmp_path / "whole_0_1.mkv"
+    record(whole, "video/H264", packetize(h264_frames(count=90)))
+    assert truncate_matroska(whole) == whole.stat().st_size  # a whole file is left alone
+    data = whole.read_bytes()
+    path = tmp_path / "cut_0_1.mkv"
+    path.write_bytes(data[: cut % len(data)])
+    size = truncate_matroska(path)
+    assert path.stat().st_size == size
+    assert truncate_matroska(path) == size  # idempotent
+    if MATROSKA_CLUSTER not in path.read_bytes():  # cut before the first cluster ended
+        return
+    assert decode_errors(path) == ""
+    assert 0 < probe(path).frames <= 90
 
 
 # ------------------------------------------------------------------ the process dies mid-write
