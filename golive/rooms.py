@@ -216,22 +216,26 @@ class RoomService:
         if record is not None and record.actor is not None:
             tell_quietly(record.actor, TracksNegotiated(session, tracks))
 
-    def peer_failed(self, session: SessionId, reason: EndReason) -> None:
-        """The session's transport ended by itself (ICE failure, consent lost, DTLS close)."""
+    def peer_failed(self, session: SessionId, reason: EndReason, *, connected: bool = True) -> None:
+        """The session's transport ended by itself (ICE failure, consent lost, DTLS close);
+        ``connected``: it had been up."""
         record = self._registry.get(session)
         if record is None:
             return
         if record.actor is not None:
             tell_quietly(record.actor, PeerFailed(session, reason))
         else:
-            self._tasks.spawn(self._publisher_lost(record, reason))
+            self._tasks.spawn(self._publisher_lost(record, reason, connected=connected))
 
-    async def _publisher_lost(self, record: SessionRecord, reason: EndReason) -> None:
+    async def _publisher_lost(
+        self, record: SessionRecord, reason: EndReason, *, connected: bool
+    ) -> None:
         """The publisher vanished (no DELETE): its room waits for another, or ends."""
+        lost = PublisherLost(
+            record.room, record.session, reason, connected, self._tracing.carrier()
+        )
         reply = await reply_of(
-            self._directory.publisher_lost(
-                PublisherLost(record.room, record.session, reason, self._tracing.carrier())
-            ),
+            self._directory.publisher_lost(lost),
             self._timeout,
         )
         if isinstance(reply, RoomEnding):

@@ -128,6 +128,24 @@ def test_prompt_ice_completion_names() -> None:
     assert inspect.iscoroutinefunction(connection.close), "aioice Connection.close"
 
 
+def test_patient_ice_names() -> None:
+    """What PromptConnection's patience (peer-reflexive candidates after end-of-candidates)
+    relies on: aioice asks _remote_candidates_expected whether to keep checking and whether
+    the check list may fail, prunes components in _prune_components, and ends the remote
+    candidates (prune, then complete or fail) in _end_remote_candidates."""
+    connection = aioice.ice.Connection
+    for method, called in (
+        (connection._check_periodic, "self._remote_candidates_expected()"),
+        (connection._check_list_maybe_fail, "self._remote_candidates_expected()"),
+        (connection._end_remote_candidates, "self._prune_components()"),
+        (connection._end_remote_candidates, "self._check_list_maybe_fail()"),
+        (connection.check_incoming, "Learning peer-reflexive candidates"),
+    ):
+        assert called in inspect.getsource(method), f"aioice {method.__qualname__}: {called}"
+    instance = connection(ice_controlling=False)
+    assert missing(instance, ["_remote_candidates_end", "_check_list_done", "_components"]) == []
+
+
 def test_bitrate_estimator_names() -> None:
     """What hooks.EstimatorOnFirstUse stands in for: the estimator every video receiver makes
     in its __init__, fed only from aiortc's own _handle_rtp_packet."""

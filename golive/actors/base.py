@@ -35,6 +35,12 @@ A = TypeVar("A", bound="GoliveActor")
 ExcInfo = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
 
 
+class ActorTimeoutError(TimeoutError):
+    """An actor did not answer an ask within its timeout (``ACTOR_TIMEOUT_SECONDS``): raised by
+    :func:`reply_of`, and only there, so that a request can tell an overloaded actor (503)
+    from any other ``TimeoutError`` (asyncio's, aiortc's: a bug, 500)."""
+
+
 class CallbackFuture(pykka.ThreadingFuture[T]):
     """A pykka future that also runs callbacks once it is resolved (in the resolving thread)."""
 
@@ -69,12 +75,13 @@ class CallbackFuture(pykka.ThreadingFuture[T]):
 async def reply_of(future: pykka.Future[T], timeout: float) -> T:  # noqa: ASYNC109  the bound is the point
     """Await an actor's reply on the event loop without blocking it.
 
-    Raises :class:`TimeoutError` after ``timeout`` seconds and whatever the actor raised
+    Raises :class:`ActorTimeoutError` after ``timeout`` seconds and whatever the actor raised
     (``pykka.ActorDeadError`` when it was gone).
     """
     loop = asyncio.get_running_loop()
     if not isinstance(future, CallbackFuture):  # a future made by a plain pykka actor
-        return await asyncio.wait_for(asyncio.to_thread(future.get, timeout=timeout), timeout)
+        waiting = asyncio.ensure_future(asyncio.to_thread(_get, future, timeout))
+        return await _within(waiting, timeout)
     result: asyncio.Future[T] = loop.create_future()
 
     def transfer() -> None:  # on the loop
@@ -90,7 +97,26 @@ async def reply_of(future: pykka.Future[T], timeout: float) -> T:  # noqa: ASYNC
             loop.call_soon_threadsafe(transfer)
 
     future.add_done_callback(resolved)
-    return await asyncio.wait_for(result, timeout)
+    return await _within(result, timeout)
+
+
+def _get(future: pykka.Future[T], timeout: float) -> T:
+    """A plain pykka future's value, waited for in a worker thread."""
+    try:
+        return future.get(timeout=timeout)
+    except pykka.Timeout as exc:
+        raise ActorTimeoutError(f"no reply within {timeout} s") from exc
+
+
+async def _within(reply: asyncio.Future[T], timeout: float) -> T:  # noqa: ASYNC109  the bound is the point
+    """``reply``'s outcome, or :class:`ActorTimeoutError` once ``timeout`` has passed (only
+    this wait's own timeout: a ``TimeoutError`` the reply carries is passed on as it is)."""
+    try:
+        return await asyncio.wait_for(reply, timeout)
+    except TimeoutError:
+        if reply.cancelled():  # wait_for ran out of time and cancelled it
+            raise ActorTimeoutError(f"no reply within {timeout} s") from None
+        raise
 
 
 def tell_quietly(ref: pykka.ActorRef[Any], message: object) -> bool:

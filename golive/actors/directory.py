@@ -67,6 +67,7 @@ class DirectoryEntry(Generic[H]):
     room: H
     info: RoomInfo  # what the room last reported of itself
     waiting: bool = False  # the publisher is gone: the room waits for a takeover
+    taken_over: bool = False  # a publisher has taken the room over at least once
 
     @property
     def has_audience(self) -> bool:
@@ -120,17 +121,21 @@ class DirectoryState(Generic[H]):
     def take_over(self, room: RoomName, publisher: SessionId) -> DirectoryEntry[H]:
         """``publisher`` takes ``room`` over; the entry as it was before."""
         entry = self.rooms[room]
-        self.rooms[room] = replace(entry, publisher=publisher, waiting=False)
+        self.rooms[room] = replace(entry, publisher=publisher, waiting=False, taken_over=True)
         self._listing = None
         return entry
 
-    def lose(self, room: RoomName, publisher: SessionId) -> bool:
+    def lose(self, room: RoomName, publisher: SessionId, *, connected: bool = True) -> bool:
         """``publisher`` is gone without a DELETE. True if its room now waits for another
-        (reconnects allowed, the room has gone live); False if it must end (or is gone)."""
+        (reconnects allowed, the room has gone live and had media: its publisher connected,
+        or an earlier one did); False if it must end (or is gone). A first publisher that
+        never connected ends its room: its viewers never got anything to keep."""
         entry = self.rooms.get(room)
         if entry is None or entry.publisher != publisher or entry.waiting:
             return False
         if not (self.reconnect and self.accepting and entry.has_audience):
+            return False
+        if not (connected or entry.taken_over):
             return False
         self.rooms[room] = replace(entry, waiting=True)
         self._listing = None
@@ -251,14 +256,16 @@ class DirectoryActor(GoliveActor):
     def publisher_lost(self, message: PublisherLost) -> Done | RoomEnding | Refused:
         """The publisher's transport ended without a DELETE: its room waits for another
         publisher (:class:`Done`) or ends, as :meth:`end_room`."""
-        return self._lose_or_end(message.room, message.publisher, message.reason)
+        return self._lose_or_end(
+            message.room, message.publisher, message.reason, connected=message.connected
+        )
 
     def _lose_or_end(
-        self, room: RoomName, publisher: SessionId, reason: EndReason
+        self, room: RoomName, publisher: SessionId, reason: EndReason, *, connected: bool = True
     ) -> Done | RoomEnding | Refused:
         span = trace.get_current_span()
         span.set_attributes({"golive.room": room, "golive.reason": reason.value})
-        if not self._state.lose(room, publisher):
+        if not self._state.lose(room, publisher, connected=connected):
             return self._end_room(room, reason, publisher)
         entry = self._state.rooms[room]
         span.set_attribute("golive.waiting", True)

@@ -186,6 +186,7 @@ class PublisherLost:
     room: RoomName
     publisher: SessionId
     reason: EndReason
+    connected: bool = True  # its transport had been up (media may have flowed)
     trace: TraceCarrier = ()
 
 

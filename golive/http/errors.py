@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable, Mapping
 import structlog
 from aiohttp import web
 
+from golive.actors.base import ActorTimeoutError
+
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -55,7 +57,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = json_error(408, "request body not received in time")
         response.force_close()
         return response
-    except TimeoutError:
+    except ActorTimeoutError:
+        # (only an ask of an actor: any other TimeoutError is a bug, answered 500 below)
         log.error("an actor did not answer in time", path=request.path, method=request.method)
         return json_error(503, "server busy, try again", {"Retry-After": "1"})
     except Exception as exc:

@@ -364,22 +364,40 @@ def _install_screen() -> None:
     stun_protocol.datagram_received = datagram_received  # type: ignore[method-assign]
 
 
+#: How long a connection waits for the peer's checks once it has no candidate pair left to
+#: check (RFC 8863's patience timer, at its recommended 39.5 s: a STUN transaction's timeout).
+#: In golive a session's connect deadline (``SESSION_CONNECT_TIMEOUT_SECONDS``, 30 s by
+#: default) usually ends it first.
+PATIENCE_SECONDS = 39.5
+
+
 class PromptConnection(aioice.ice.Connection):
     """aioice's ICE connection, whose ``connect()`` returns as soon as every component has a
-    nominated pair.
+    nominated pair, and which waits for peer-reflexive candidates before it fails.
 
-    aioice starts checks from a loop that sleeps 20 ms (its pacing timer, Ta) between rounds
-    and looks at the check list only after each sleep: a check list completed just after a
-    round was seen up to 20 ms later, and DTLS started that much later, on both sides of every
-    session (at one join a second, about 20 of a viewer's 55 ms from POST to first RTP).
-    Here ``connect()`` returns when the check list completes too; aioice's loop ends by itself
-    at its next round (it cancels what checks remain and starts consent freshness, as it
-    always did), and :meth:`close` ends it first if it is still running then."""
+    Prompt: aioice starts checks from a loop that sleeps 20 ms (its pacing timer, Ta) between
+    rounds and looks at the check list only after each sleep: a check list completed just
+    after a round was seen up to 20 ms later, and DTLS started that much later, on both sides
+    of every session (at one join a second, about 20 of a viewer's 55 ms from POST to first
+    RTP). Here ``connect()`` returns when the check list completes too; aioice's loop ends by
+    itself at its next round (it cancels what checks remain and starts consent freshness, as
+    it always did), and :meth:`close` ends it first if it is still running then.
+
+    Patient (RFC 8445 7.3.1.3, RFC 8863): a client may signal end-of-candidates with no
+    candidate its checks can use (none at all, behind a NAT, or only names that do not
+    resolve); its checks then reveal its address as a peer-reflexive candidate. aioice fails
+    such a connection at once ("no candidate pairs": it even drops the component the offer
+    gave no candidate for), and the session stayed up, dead, until its connect deadline.
+    Here the connection fails only once :data:`PATIENCE_SECONDS` have passed since
+    ``connect()`` with no pair left to check; a check from the client before then makes a
+    pair and connects."""
 
     def _golive_adopt(self) -> None:
         self._golive_complete = False
         self._golive_completed: asyncio.Future[None] | None = None  # while connect() waits
         self._golive_checks: asyncio.Future[None] | None = None  # aioice's connect()
+        self._golive_patient = True  # until PATIENCE_SECONDS after connect()
+        self._golive_patience: asyncio.TimerHandle | None = None
 
     def _check_list_maybe_complete(self) -> bool:
         complete = bool(super()._check_list_maybe_complete())
@@ -389,9 +407,29 @@ class PromptConnection(aioice.ice.Connection):
                 self._golive_completed.set_result(None)
         return complete
 
+    def _remote_candidates_expected(self) -> bool:
+        # aioice keeps checking, and does not fail the check list, while this holds.
+        return self._golive_patient or bool(super()._remote_candidates_expected())
+
+    def _prune_components(self) -> None:
+        # aioice drops each component the peer gave no candidate for once it signals
+        # end-of-candidates: with none at all, the one component, and no check could ever
+        # complete the check list. Its checks may still give it one.
+        if not self._golive_patient:
+            super()._prune_components()
+
+    def _golive_lose_patience(self) -> None:
+        """No check made a pair in time: from now on the check list fails as aioice would."""
+        self._golive_patience = None
+        self._golive_patient = False
+        if not super()._remote_candidates_expected() and not self._check_list_done:
+            self._end_remote_candidates()  # prunes, then completes or fails the check list
+
     async def connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._golive_patience = loop.call_later(PATIENCE_SECONDS, self._golive_lose_patience)
         checks = self._golive_checks = asyncio.ensure_future(super().connect())
-        completed = self._golive_completed = asyncio.get_running_loop().create_future()
+        completed = self._golive_completed = loop.create_future()
         try:
             await asyncio.wait((checks, completed), return_when=asyncio.FIRST_COMPLETED)
         except BaseException:  # cancelled, or closed with its loop: leave nothing running
@@ -400,12 +438,19 @@ class PromptConnection(aioice.ice.Connection):
             raise
         finally:
             self._golive_completed = None
+            self._golive_stop_waiting()
         if checks.done():
             checks.result()  # aioice's outcome: None, or its ConnectionError
             return
         checks.add_done_callback(_ended_quietly)
 
+    def _golive_stop_waiting(self) -> None:
+        if self._golive_patience is not None:
+            self._golive_patience.cancel()
+            self._golive_patience = None
+
     async def close(self) -> None:
+        self._golive_stop_waiting()
         checks = self._golive_checks
         if checks is not None and self._golive_complete and not checks.done():
             checks.cancel()  # (before it could start consent checks on a closed connection)

@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 from aiortc import RTCConfiguration, RTCSessionDescription
 from aiortc.codecs import is_rtx
+from aiortc.exceptions import InvalidAccessError, OperationError
 from aiortc.rtcpeerconnection import is_codec_compatible
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.sdp import SessionDescription, candidate_from_sdp
@@ -66,7 +67,8 @@ log = structlog.get_logger(__name__)
 
 
 class InvalidOfferError(ValueError):
-    """The offer is not SDP, or offers nothing golive can forward."""
+    """The offer is not SDP, or offers nothing golive can forward: the client's error (400).
+    Any other exception while an offer is answered is golive's (500)."""
 
 
 #: A publisher that sent nothing for this long may be taken over by a new one.
@@ -180,16 +182,7 @@ def parse_offer(sdp: str) -> SessionDescription:
         parsed = SessionDescription.parse(sdp)
     except Exception as exc:  # aiortc's parser asserts, and raises anything on garbage
         raise InvalidOfferError(f"unparsable SDP: {type(exc).__name__}: {exc}") from exc
-    media = [m for m in parsed.media if m.kind in ("audio", "video")]
-    if not media:
-        raise InvalidOfferError("no audio or video section")
-    for section in media:
-        # Without these aiortc accepts the offer and its connect task dies unreported,
-        # leaving a session (and a room) that never connects nor fails.
-        if section.dtls is None or not section.dtls.fingerprints:
-            raise InvalidOfferError("a media section has no DTLS fingerprint or setup")
-        if section.ice is None or not section.ice.usernameFragment or not section.ice.password:
-            raise InvalidOfferError("a media section has no ICE credentials")
+    _check_sections(parsed)
     mids = {m.rtp.muxId for m in parsed.media if m.rtp.muxId}
     # The sections aiortc makes a transport for: each audio and video one, and the first
     # application one (its one SCTP transport). A BUNDLE group led by any other leaves the
@@ -208,6 +201,26 @@ def parse_offer(sdp: str) -> SessionDescription:
         if items[0] not in transported:
             raise InvalidOfferError("a BUNDLE group is led by a section without a transport")
     return parsed
+
+
+def _check_sections(parsed: SessionDescription) -> None:
+    """:class:`InvalidOfferError` unless every media section is one aiortc can answer."""
+    media = [m for m in parsed.media if m.kind in ("audio", "video")]
+    if not media:
+        raise InvalidOfferError("no audio or video section")
+    # aiortc answers any other kind as if it were a data channel, and fails on it.
+    for section in parsed.media:
+        if section.kind not in ("audio", "video", "application"):
+            raise InvalidOfferError(f"a media section of unknown kind {section.kind[:20]!r}")
+    for section in media:
+        if section.direction is None:  # aiortc fails on it when it answers
+            raise InvalidOfferError("a media section has no direction")
+        # Without these aiortc accepts the offer and its connect task dies unreported,
+        # leaving a session (and a room) that never connects nor fails.
+        if section.dtls is None or not section.dtls.fingerprints:
+            raise InvalidOfferError("a media section has no DTLS fingerprint or setup")
+        if section.ice is None or not section.ice.usernameFragment or not section.ice.password:
+            raise InvalidOfferError("a media section has no ICE credentials")
 
 
 async def add_candidates(pc: Any, fragment: str, *, session: str = "") -> None:
@@ -234,6 +247,36 @@ async def add_candidates(pc: Any, fragment: str, *, session: str = "") -> None:
                 log.debug("candidate skipped", session=session, problem=str(exc))
         elif line == "a=end-of-candidates":
             await pc.addIceCandidate(None)
+
+
+async def _set_offer(pc: ForwardingPeerConnection, offer_sdp: str) -> None:
+    """Hand aiortc the client's offer. What aiortc refuses in it (no codec in common, no RTCP
+    multiplexing, a candidate it cannot take...) is the client's error."""
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+    except (ValueError, InvalidAccessError, OperationError) as exc:
+        raise InvalidOfferError(f"offer refused: {type(exc).__name__}: {exc}") from exc
+
+
+def _negotiation_failed(
+    peer: PeerSession, exc: Exception, ended: EndReason | None
+) -> Refused | None:
+    """What to answer when answering ``peer``'s offer raised ``exc`` (its session has been
+    ended since): the refusal to answer if the actors had ended the session meanwhile (its
+    room ended, an admin close, a shutdown: aiortc then fails on a closed peer connection),
+    else None: the caller re-raises, a client's error (:class:`InvalidOfferError`, 400) or a
+    bug (anything else: 500, with its traceback in the log)."""
+    if isinstance(exc, InvalidOfferError):
+        return None
+    if ended is not None:
+        peer.tell("negotiation ended with the session", reason=ended.value)
+        if ended is EndReason.SHUTDOWN:
+            return Refused(Refusal.SHUTTING_DOWN)
+        return Refused(
+            Refusal.UNKNOWN_SESSION if peer.role is Role.PUBLISHER else Refusal.NO_PUBLISHER
+        )
+    peer.tell("negotiation failed", level=logging.ERROR, error=repr(exc)[:200])
+    return None
 
 
 def _dtls_server(pc: ForwardingPeerConnection, offer: SessionDescription) -> None:
@@ -303,10 +346,12 @@ class MediaHub:
         try:
             answer, feeds = await self._answer_publisher(peer, offer_sdp, offer, room_tracks)
         except Exception as exc:
+            ended = peer.ended
             await self._rooms.leave(peer.session, EndReason.PUBLISH_FAILED)
-            if isinstance(exc, InvalidOfferError):
+            refused = _negotiation_failed(peer, exc, ended)
+            if refused is None:
                 raise
-            raise InvalidOfferError(f"negotiation failed: {exc}") from exc
+            return refused
         if peer.ended is not None:  # closed while its answer was made (admin close, shutdown)
             return Refused(Refusal.UNKNOWN_SESSION)
         tracks = tuple(feed.info for feed in feeds)
@@ -380,7 +425,7 @@ class MediaHub:
         the codec its viewers have if the offer has it; a section no track of the room
         matches is answered ``inactive``."""
         pc = peer.pc
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        await _set_offer(pc, offer_sdp)
         feeds: list[Feed] = []
         unmatched = list(room_tracks)
         for transceiver, media in zip(pc.getTransceivers(), offer.media, strict=False):
@@ -434,10 +479,12 @@ class MediaHub:
         try:
             answer = await self._answer_viewer(peer, offer_sdp, offer, taps)
         except Exception as exc:
+            ended = peer.ended
             await self._rooms.leave(peer.session, EndReason.NEGOTIATION_FAILED)
-            if isinstance(exc, InvalidOfferError):
+            refused = _negotiation_failed(peer, exc, ended)
+            if refused is None:
                 raise
-            raise InvalidOfferError(f"negotiation failed: {exc}") from exc
+            return refused
         self._watch(peer)
         peer.tell("session answered")
         return Answered(peer, answer)
@@ -450,7 +497,7 @@ class MediaHub:
         taps: list[PublishedTrack],
     ) -> str:
         pc = peer.pc
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        await _set_offer(pc, offer_sdp)
         unassigned = list(taps)
         for transceiver, media in zip(pc.getTransceivers(), offer.media, strict=False):
             match = None
@@ -595,7 +642,14 @@ class MediaHub:
                     )
                 self._rooms.peer_connected(peer.session)
             elif state in ("failed", "closed"):
-                self._rooms.peer_failed(peer.session, peer.transport_end or EndReason.ICE_FAILED)
+                self._rooms.peer_failed(
+                    peer.session,
+                    peer.transport_end or EndReason.ICE_FAILED,
+                    connected=peer.connected,
+                )
+
+        if pc.connectionState == "failed":  # (it failed while its offer was being answered)
+            on_state()
 
     def _never_connected(self, peer: PeerSession) -> None:
         """The session is still not connected, its deadline passed: end it as an ICE failure
@@ -604,7 +658,7 @@ class MediaHub:
         if peer.ended is not None or peer.connected or peer.pc.connectionState == "connected":
             return
         peer.tell("session not connected in time", level=logging.WARNING)
-        self._rooms.peer_failed(peer.session, EndReason.ICE_FAILED)
+        self._rooms.peer_failed(peer.session, EndReason.ICE_FAILED, connected=False)
 
     @staticmethod
     def _watch_transport(peer: PeerSession, dtls: Any) -> None:

@@ -79,6 +79,7 @@ class ModelRoom:
     subscribers: set[SessionId] = field(default_factory=set)
     waiting: bool = False  # its publisher vanished: viewers kept until a takeover
     taking_over: bool = False  # a new publisher took it over, its offer not answered yet
+    taken_over: bool = False  # a publisher has taken it over at least once
 
     @property
     def live(self) -> bool:
@@ -160,8 +161,8 @@ class LifecycleMachine(RuleBasedStateMachine):
     def transport_fails(self, session: SessionId) -> None:
         raise NotImplementedError
 
-    def publisher_vanishes(self, session: SessionId) -> None:
-        """The publisher's transport fails (no DELETE)."""
+    def publisher_vanishes(self, session: SessionId, *, connected: bool) -> None:
+        """The publisher's transport fails (no DELETE); ``connected``: it had been up."""
         raise NotImplementedError
 
     def reconnect_expires(self, room: RoomName, publisher: SessionId) -> None:
@@ -280,6 +281,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             if not model.waiting:
                 self.closed[model.publisher] = EndReason.PUBLISHER_REPLACED
             model.publisher, model.waiting, model.taking_over = result, False, True
+            model.taken_over = True
             RUNS[self.name, "rooms taken over"] += 1
             if tracks is not None:  # (its tracks are mapped onto the room's)
                 assert self.go_live(result, model.tracks) is None
@@ -355,16 +357,20 @@ class LifecycleMachine(RuleBasedStateMachine):
         else:
             self.end_room(name, EndReason.PUBLISH_FAILED if failed else EndReason.PUBLISHER_LEFT)
 
-    @rule(session=consumes(publishers))
-    def publisher_vanishes_rule(self, session: SessionId) -> None:
-        self.step(f"publisher {session[:6]} vanishes (its transport fails)")
+    @rule(session=consumes(publishers), connected=st.booleans())
+    def publisher_vanishes_rule(self, session: SessionId, connected: bool) -> None:  # noqa: FBT001  drawn
+        self.step(
+            f"publisher {session[:6]} vanishes (its transport "
+            + ("fails)" if connected else "never came up)")
+        )
         name = self.room_of_publisher(session)
-        self.publisher_vanishes(session)
+        self.publisher_vanishes(session, connected=connected)
         if name is None:
             return
-        if self.model[name].tracks:
+        room = self.model[name]
+        if room.tracks and (connected or room.taken_over):
             self.wait(name, EndReason.ICE_FAILED)
-        else:  # it never went live: nothing to keep
+        else:  # it never went live, or its viewers never got media: nothing to keep
             self.end_room(name, EndReason.ICE_FAILED)
 
     @rule(target=publishers, room=rooms, tracks=st.none() | track_lists())

@@ -152,8 +152,12 @@ class ActorLifecycle(LifecycleMachine):
         self.server.call(lambda: self.server.rooms.peer_failed(session, EndReason.ICE_FAILED))
         self.settle()
 
-    def publisher_vanishes(self, session: SessionId) -> None:
-        self.server.call(lambda: self.server.rooms.peer_failed(session, EndReason.ICE_FAILED))
+    def publisher_vanishes(self, session: SessionId, *, connected: bool) -> None:
+        self.server.call(
+            lambda: self.server.rooms.peer_failed(
+                session, EndReason.ICE_FAILED, connected=connected
+            )
+        )
         self.server.run(self.server.rooms._tasks.wait(TIMEOUT))  # its room waits, or ends
         self.settle()
 

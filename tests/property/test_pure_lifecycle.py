@@ -89,9 +89,11 @@ class PureLifecycle(LifecycleMachine):
             self.directory.add(room, session, RoomState(room, session, self.max_subscribers))
         return session
 
-    def _lose(self, name: RoomName, session: SessionId, reason: EndReason) -> None:
+    def _lose(
+        self, name: RoomName, session: SessionId, reason: EndReason, *, connected: bool = True
+    ) -> None:
         """The publisher is gone without a DELETE: the room waits, or ends."""
-        if self.directory.lose(name, session):
+        if self.directory.lose(name, session, connected=connected):
             assert self.directory.rooms[name].room.lose(session)
             self._report(name)
             return
@@ -99,10 +101,10 @@ class PureLifecycle(LifecycleMachine):
         assert not isinstance(entry, Refusal)
         self._end(name, entry.room, reason)
 
-    def publisher_vanishes(self, session: SessionId) -> None:
+    def publisher_vanishes(self, session: SessionId, *, connected: bool) -> None:
         name = self._published_by(session)
         if name is not None:
-            self._lose(name, session, EndReason.ICE_FAILED)
+            self._lose(name, session, EndReason.ICE_FAILED, connected=connected)
 
     def reconnect_expires(self, room: RoomName, publisher: SessionId) -> None:
         entry = self.directory.rooms.get(room)
