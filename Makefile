@@ -12,7 +12,7 @@ STALE := { echo "$(LOCK) does not satisfy pyproject.toml: run make lock" >&2; ex
 # Tests that speak WebRTC run in a loopback-only network namespace: nothing leaves 127.0.0.0/8.
 NETNS := scripts/loopback-netns
 
-.PHONY: run test lint typecheck unit bench setup lock system-packages clean
+.PHONY: run test lint typecheck unit bench soak setup lock system-packages clean
 
 run: $(STAMP)
 	$(BIN)/golive
@@ -86,6 +86,13 @@ bench: $(STAMP) system-packages
 	$(NETNS) $(BIN)/python -m bench.hostile
 	$(NETNS) $(BIN)/python -m bench.forwarding
 	$(NETNS) $(BIN)/python -m bench.joins
+
+# 10 minutes of churn against a server in its own process (publishers and viewers coming and
+# going, some vanishing, garbage requests), then its RSS, file descriptors, threads, actors and
+# sessions must come back to their idle baseline; not part of `make test`. SOAK_SECONDS=60 for
+# a short run; the other knobs: `.venv/bin/python -m bench.soak --help`. Writes soak-results/.
+soak: $(STAMP) system-packages
+	$(NETNS) $(BIN)/python -m bench.soak
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -111,6 +111,7 @@ class SyntheticPublisher:
         self._paused.set()  # set = sending
         self._task: asyncio.Task[None] | None = None
         self.keyframes = 0
+        self.location = ""
 
     def _keyframe_wanted(self) -> None:
         self._want_keyframe = True
@@ -119,9 +120,23 @@ class SyntheticPublisher:
         if self._video.codec is not None and self._audio.codec is not None:
             self._ready.set()
 
-    async def start(self, base: str, room: str) -> None:
-        await post_offer(self.pc, f"{base}/api/whip/publish/{room}", aiohttp_session=None)
+    async def start(
+        self, base: str, room: str, aiohttp_session: aiohttp.ClientSession | None = None
+    ) -> None:
+        """Publish (raises :class:`OfferRefusedError` on a refusal) and start sending; the
+        session's resource is then :attr:`location`."""
+        self.location, _ = await post_offer(
+            self.pc, f"{base}/api/whip/publish/{room}", aiohttp_session=aiohttp_session
+        )
         self._task = asyncio.create_task(self._run())
+
+    @property
+    def connected(self) -> bool:
+        """Both tracks can send (ICE and DTLS up, codecs negotiated)."""
+        return self._ready.is_set()
+
+    async def wait_connected(self) -> None:
+        await self._ready.wait()
 
     def pause(self) -> None:
         self._paused.clear()
@@ -130,6 +145,10 @@ class SyntheticPublisher:
         self._paused.set()
 
     async def _run(self) -> None:
+        with contextlib.suppress(ConnectionError):  # the session ended (the server closed it)
+            await self._send()
+
+    async def _send(self) -> None:
         video, audio = self._video, self._audio
         await self._ready.wait()
         assert video.codec is not None
@@ -185,10 +204,19 @@ class SyntheticPublisher:
         await self.pc.close()
 
 
+class OfferRefusedError(RuntimeError):
+    """The server did not answer an offer with 201."""
+
+    def __init__(self, url: str, status: int, text: str) -> None:
+        super().__init__(f"{url}: {status} {text}")
+        self.status = status
+
+
 async def post_offer(
     pc: ForwardingPeerConnection, url: str, *, aiohttp_session: aiohttp.ClientSession | None
 ) -> tuple[str, float]:
-    """Offer, POST, answer. Returns the session's Location and when the POST was sent."""
+    """Offer, POST, answer. Returns the session's Location and when the POST was sent;
+    raises :class:`OfferRefusedError` when the answer is not a 201."""
     await pc.setLocalDescription(await pc.createOffer())
     own = aiohttp_session is None
     http = aiohttp.ClientSession() if aiohttp_session is None else aiohttp_session
@@ -199,7 +227,7 @@ async def post_offer(
         ) as response:
             answer = await response.text()
             if response.status != 201:
-                raise RuntimeError(f"{url}: {response.status} {answer}")
+                raise OfferRefusedError(url, response.status, answer)
             location = response.headers["Location"]
     finally:
         if own:
@@ -225,6 +253,7 @@ class Timeline:
     first_key: float | None = None
     session: str = ""
     error: str = ""
+    status: int = 0  # the POST's, when it got an answer
 
 
 @dataclass
@@ -307,10 +336,13 @@ async def join(base: str, room: str, http: aiohttp.ClientSession) -> JoiningView
         )
     except (RuntimeError, OSError, aiohttp.ClientError) as exc:
         timeline.error = str(exc)[:200]
+        if isinstance(exc, OfferRefusedError):
+            timeline.status = exc.status
         viewer.up.set()
         viewer.done.set()
         return viewer
     timeline.answered = time.time()
+    timeline.status = 201
     viewer.location = location
     timeline.session = location.rsplit("/", 1)[-1]
     return viewer
