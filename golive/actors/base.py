@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import functools
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
@@ -129,21 +130,47 @@ def tell_quietly(ref: pykka.ActorRef[Any], message: object) -> bool:
     return True
 
 
-def stop_all(refs: Iterable[pykka.ActorRef[Any]], timeout: float) -> None:
-    """Stop actors concurrently and wait until each has stopped (or was already gone)."""
-    futures = []
+#: How often :func:`stop_all` looks whether an actor it waits for stopped on its own.
+STOP_POLL_SECONDS = 0.05
+#: Every golive actor whose release (its ``on_stop`` or crash handling) has not run yet, by
+#: URN: :func:`stop_all` tells an actor that has ended from one still stopping by it.
+_UNRELEASED: set[str] = set()
+
+
+def stop_all(refs: Iterable[pykka.ActorRef[Any]], timeout: float) -> list[pykka.ActorRef[Any]]:
+    """Stop actors concurrently and wait until each has stopped (or was already gone); the
+    ones that did not within ``timeout``.
+
+    An actor that stops itself (a subscriber whose transport failed) just as it is asked to
+    stop may never answer: pykka checks that it is alive, then queues the stop, and an actor
+    that has emptied its inbox and ended meanwhile never sees it. So the wait looks, in short
+    slices, whether the actor has ended (no longer alive, its release run) and counts it as
+    stopped.
+    """
+    pending = []
     for ref in refs:
         try:
-            futures.append(ref.stop(block=False))
+            pending.append((ref, ref.stop(block=False)))
         except pykka.ActorDeadError:
             continue
-    for future in futures:
-        try:
-            future.get(timeout=timeout)
-        except pykka.ActorDeadError:
-            continue
-        except pykka.Timeout:
-            log.error("actor did not stop in time", timeout=timeout)
+    deadline = time.monotonic() + timeout
+    late = []
+    for ref, future in pending:
+        while True:
+            try:
+                future.get(timeout=max(0.0, min(STOP_POLL_SECONDS, deadline - time.monotonic())))
+                break
+            except pykka.ActorDeadError:
+                break
+            except pykka.Timeout:
+                if not ref.is_alive() and ref.actor_urn not in _UNRELEASED:
+                    log.debug("actor ended before its stop was handled", actor=str(ref))
+                    break
+                if time.monotonic() >= deadline:
+                    log.error("actor did not stop in time", actor=str(ref), timeout=timeout)
+                    late.append(ref)
+                    break
+    return late
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +197,7 @@ class GoliveActor(pykka.ThreadingActor):
     def __init__(self, tracing: Tracing | None = None) -> None:
         super().__init__()
         self._released = False
+        _UNRELEASED.add(self.actor_urn)
         self.tracing = tracing if tracing is not None else Tracing.disabled()
 
     def span_attributes(self) -> dict[str, AttributeValue]:
@@ -226,7 +254,10 @@ class GoliveActor(pykka.ThreadingActor):
         if self._released:
             return
         self._released = True
-        self.release(crashed=crashed)
+        try:
+            self.release(crashed=crashed)
+        finally:
+            _UNRELEASED.discard(self.actor_urn)
 
 
 def guarded(

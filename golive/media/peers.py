@@ -45,6 +45,7 @@ from golive.actors.messages import (
 )
 from golive.config import DEFAULT_SESSION_CONNECT_TIMEOUT_SECONDS
 from golive.media.forwarding import PublishedTrack
+from golive.media.garbage import SessionGarbage
 from golive.media.hooks import (
     ForwardingPeerConnection,
     ForwardingReceiver,
@@ -317,6 +318,7 @@ class MediaHub:
         self._guard = MediaGuard(metrics, loopback=loopback)
         self._room_taps: dict[RoomName, list[PublishedTrack]] = {}
         self._tasks = BackgroundTasks("closing a peer connection failed", level="warning")
+        self._garbage = SessionGarbage()
 
     def sessions(self) -> list[PeerSession]:
         """Every live session."""
@@ -701,8 +703,13 @@ class MediaHub:
         else:
             for tap in peer.taps:
                 tap.detach(peer.session)
-        self._tasks.spawn(peer.pc.close())
+        self._tasks.spawn(self._close(peer))
+
+    async def _close(self, peer: PeerSession) -> None:
+        await peer.pc.close()
+        self._garbage.session_ended(live=len(self._rooms.registry))
 
     async def shutdown(self) -> None:
         """Wait for peer connections being closed (sessions are ended by the actors)."""
         await self._tasks.wait(10)
+        self._garbage.close()
