@@ -461,3 +461,14 @@ def test_stop_all_names_an_actor_that_does_not_stop_in_time() -> None:
     finally:
         gate.set()
     wait_until(lambda: not ref.is_alive(), what="the stuck actor to stop")
+
+
+@pytest.mark.asyncio
+async def test_a_barrier_through_an_actor_that_ended_by_itself_returns() -> None:
+    """The same race for a barrier (``RoomService`` waits on one through a room that stops
+    itself as it closes): the ask queued after the actor's end is never answered."""
+    ref = Echo.start()
+    ref.stop(block=True)
+    lost: CallbackFuture[None] = CallbackFuture()
+    ref.ask = lambda *_, **__: lost  # type: ignore[method-assign]  # queued, unanswered
+    await asyncio.wait_for(barrier(ref, 30), 10)

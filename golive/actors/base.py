@@ -163,7 +163,7 @@ def stop_all(refs: Iterable[pykka.ActorRef[Any]], timeout: float) -> list[pykka.
             except pykka.ActorDeadError:
                 break
             except pykka.Timeout:
-                if not ref.is_alive() and ref.actor_urn not in _UNRELEASED:
+                if ended(ref):
                     log.debug("actor ended before its stop was handled", actor=str(ref))
                     break
                 if time.monotonic() >= deadline:
@@ -179,11 +179,24 @@ class Barrier:
 
 
 async def barrier(ref: pykka.ActorRef[Any], timeout: float) -> None:  # noqa: ASYNC109  the bound is the point
-    """Wait, on the loop, until ``ref`` has handled everything sent to it so far (or stopped)."""
+    """Wait, on the loop, until ``ref`` has handled everything sent to it so far (or stopped:
+    an actor that ends as the barrier is queued never answers it, see :func:`stop_all`)."""
     try:
-        await reply_of(ref.ask(Barrier(), block=False), timeout)
+        reply = asyncio.ensure_future(reply_of(ref.ask(Barrier(), block=False), timeout))
     except pykka.ActorDeadError:
         return
+    while not reply.done():
+        await asyncio.wait({reply}, timeout=STOP_POLL_SECONDS)
+        if not reply.done() and ended(ref):
+            reply.cancel()
+            return
+    with contextlib.suppress(pykka.ActorDeadError):
+        reply.result()
+
+
+def ended(ref: pykka.ActorRef[Any]) -> bool:
+    """``ref``'s actor has stopped and given back what it held (its release has run)."""
+    return not ref.is_alive() and ref.actor_urn not in _UNRELEASED
 
 
 class GoliveActor(pykka.ThreadingActor):
