@@ -4,9 +4,10 @@ takes it over; each viewer sees one continuous stream (real aiortc peers)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -241,21 +242,29 @@ async def test_a_silent_publisher_is_taken_over_a_live_one_is_not(server: Server
         await close_all(first, viewer, *attempts)
 
 
-async def test_a_waiting_room_ends_when_no_publisher_comes(short_wait_server: ServerThread) -> None:
-    server = short_wait_server
+@contextlib.asynccontextmanager
+async def vanished(server: ServerThread) -> AsyncIterator[tuple[Publisher, Viewer]]:
+    """A publisher and a viewer receiving its video; then the publisher vanishes (its peer
+    connection closes, no DELETE)."""
     first = await publish(server.url, ROOM)
     viewer = await view(server.url, ROOM)
     try:
         await asyncio.wait_for(viewer.got_video.wait(), DEADLINE)
         await first.pc.close()
+        yield first, viewer
+    finally:
+        await close_all(first, viewer)
+
+
+async def test_a_waiting_room_ends_when_no_publisher_comes(short_wait_server: ServerThread) -> None:
+    server = short_wait_server
+    async with vanished(server):
         await eventually(lambda: listing(server) == [], what="the waiting room to end")
         await eventually(
             lambda: ended(server, "subscriber", "publisher_gone") == 1,
             what="the viewer to end with publisher_gone",
         )
         assert server.call(lambda: len(server.rooms.registry)) == 0
-    finally:
-        await close_all(first, viewer)
 
 
 async def test_the_vanished_publishers_delete_still_ends_the_waiting_room(
@@ -263,11 +272,7 @@ async def test_the_vanished_publishers_delete_still_ends_the_waiting_room(
 ) -> None:
     """A page that closes tears its peer connection down and sends its DELETE: whichever the
     server sees first, the room ends."""
-    first = await publish(server.url, ROOM)
-    viewer = await view(server.url, ROOM)
-    try:
-        await asyncio.wait_for(viewer.got_video.wait(), DEADLINE)
-        await first.pc.close()
+    async with vanished(server) as (first, _):
         await eventually(
             lambda: [r["waiting"] for r in listing(server)] == [True], what="the room to wait"
         )
@@ -275,22 +280,14 @@ async def test_the_vanished_publishers_delete_still_ends_the_waiting_room(
         assert listing(server) == []
         assert server.call(lambda: len(server.rooms.registry)) == 0
         assert ended(server, "publisher", "publisher_left") == 1
-    finally:
-        await close_all(first, viewer)
 
 
 async def test_no_reconnect_window_ends_the_room_at_once(no_wait_server: ServerThread) -> None:
     server = no_wait_server
-    first = await publish(server.url, ROOM)
-    viewer = await view(server.url, ROOM)
-    try:
-        await asyncio.wait_for(viewer.got_video.wait(), DEADLINE)
-        await first.pc.close()
+    async with vanished(server):
         await eventually(lambda: listing(server) == [], what="the room to end")
         assert server.call(lambda: len(server.rooms.registry)) == 0
         assert samples(server).get(("golive_publisher_takeovers_total", ()), 0) == 0
-    finally:
-        await close_all(first, viewer)
 
 
 async def test_a_new_codec_ends_the_viewers_who_cannot_decode_it(server: ServerThread) -> None:
