@@ -23,14 +23,14 @@ import pytest
 import pytest_asyncio
 import structlog.testing
 from aiortc import RTCPeerConnection
-from aiortc.mediastreams import AudioStreamTrack
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 
 from golive.actors.messages import EndReason, Refusal, Refused, Role, RoomName
 from golive.http.keys import MEDIA
 from golive.media.peers import Answered
-from tests.media.clients import PatternTrack, close_all, publish
+from tests.media.clients import close_all, publish
 from tests.support import ServerThread, eventually, running_server
+from tests.test_fuzz import make_offer
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
@@ -59,18 +59,7 @@ async def post(server: ServerThread, path: str, offer: str) -> tuple[int, dict[s
 
 async def local_offer(*, publisher: bool) -> str:
     """A real aiortc offer with its candidates: a publisher's (VP8, Opus) or a viewer's."""
-    pc = RTCPeerConnection()
-    try:
-        if publisher:
-            pc.addTransceiver(PatternTrack(), direction="sendonly")
-            pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
-        else:
-            pc.addTransceiver("video", direction="recvonly")
-            pc.addTransceiver("audio", direction="recvonly")
-        await pc.setLocalDescription(await pc.createOffer())
-        return str(pc.localDescription.sdp)
-    finally:
-        await pc.close()
+    return await make_offer(publisher=publisher, gather=True)
 
 
 def listing(server: ServerThread) -> list[dict[str, Any]]:
