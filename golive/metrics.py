@@ -13,7 +13,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pykka
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -122,6 +131,11 @@ class ActorCollector(Collector):
 def create_metrics() -> Metrics:
     registry = CollectorRegistry()
     registry.register(ActorCollector())
+    # The process (CPU, memory, descriptors), platform (Python) and GC figures, as the
+    # default registry would have them.
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
     return Metrics(
         registry=registry,
         rooms=Gauge("live_rooms", "Rooms that currently exist.", registry=registry),

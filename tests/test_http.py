@@ -7,6 +7,7 @@ probe endpoints standing in for peer connections.
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeAlias
@@ -123,6 +124,29 @@ async def test_metrics_follow_a_room_from_creation_to_admin_close(client: Client
     # The finished room's label values are removed, not left at 0.
     assert 'room="r1"' not in text
     assert ("live_subscribers", (("room", "r1"),)) not in samples
+
+
+async def test_metrics_speak_openmetrics_and_gzip_and_carry_the_process(client: Client) -> None:
+    """prometheus-client's own handler: the format by Accept, gzip by Accept-Encoding; the
+    process, platform and GC collectors on golive's registry."""
+    _, samples = await metrics(client)
+    assert samples[("process_resident_memory_bytes", ())] > 0
+    assert samples[("process_open_fds", ())] > 0
+    assert any(name == "python_info" for name, _ in samples)
+    assert any(name == "python_gc_collections_total" for name, _ in samples)
+
+    response = await client.get(
+        "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+    )
+    assert response.status == 200
+    assert response.content_type == "application/openmetrics-text"
+    assert (await response.text()).endswith("# EOF\n")
+
+    response = await client.get(
+        "/metrics", headers={"Accept-Encoding": "gzip"}, auto_decompress=False
+    )
+    assert response.headers["Content-Encoding"] == "gzip"
+    assert gzip.decompress(await response.read()).startswith(b"# HELP")
 
 
 # --------------------------------------------------------------------------- /api/rooms

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from golive.actors.messages import EndReason, RoomInfo, parse_room_name
 from golive.actors.system import ActorSystem
@@ -72,7 +72,9 @@ def create_app(
     app.cleanup_ctx.append(_actors)
     app.cleanup_ctx.append(_loop_lag)
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics_text)
+    # prometheus-client's own handler: the text format or OpenMetrics by the scraper's
+    # Accept, gzip by its Accept-Encoding, `name[]=` filters.
+    app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
     app.router.add_get("/api/rooms", RoomsListing().handle)
     app.router.add_get("/api/bootstrap", bootstrap)
     app.router.add_post("/api/admin/rooms/{room}/close", admin_close_room)
@@ -143,11 +145,6 @@ async def _loop_lag(app: web.Application) -> AsyncIterator[None]:
 
 async def healthz(_request: web.Request) -> web.Response:
     return web.Response(text="ok")
-
-
-async def metrics_text(request: web.Request) -> web.Response:
-    body = request.app[METRICS].render()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def room_json(info: RoomInfo) -> dict[str, object]:
