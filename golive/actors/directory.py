@@ -292,9 +292,12 @@ class DirectoryActor(GoliveActor):
     @traced("directory.end_room")
     def end_room(self, message: EndRoom) -> RoomEnding | Refused | Done:
         """End the room. A publish that failed in a room taken over (negotiation, a timeout)
-        does not end it: the room goes back to waiting (:class:`Done`)."""
+        does not end it: the room goes back to waiting (:class:`Done`). (A first publisher
+        that failed never connected: its room ends.)"""
         if message.reason is EndReason.PUBLISH_FAILED and message.publisher is not None:
-            return self._lose_or_end(message.room, message.publisher, message.reason)
+            return self._lose_or_end(
+                message.room, message.publisher, message.reason, connected=False
+            )
         return self._end_room(message.room, message.reason, message.publisher)
 
     def _end_room(

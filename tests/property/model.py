@@ -352,7 +352,8 @@ class LifecycleMachine(RuleBasedStateMachine):
             return
         if failed and self.model[name].waiting:  # (nothing to fail: it waits already)
             return
-        if failed and self.model[name].tracks:  # a failed takeover: the room waits again
+        room = self.model[name]
+        if failed and room.tracks and room.taken_over:  # a failed takeover: it waits again
             self.wait(name)
         else:
             self.end_room(name, EndReason.PUBLISH_FAILED if failed else EndReason.PUBLISHER_LEFT)

@@ -132,8 +132,8 @@ class PureLifecycle(LifecycleMachine):
         name = self._published_by(session)
         if name is None:
             return False
-        if failed:
-            self._lose(name, session, EndReason.PUBLISH_FAILED)
+        if failed:  # (a publish that failed never connected)
+            self._lose(name, session, EndReason.PUBLISH_FAILED, connected=False)
             return True
         entry = self.directory.remove(name, session)
         assert not isinstance(entry, Refusal)
