@@ -416,12 +416,21 @@ def loaders_for(size: Size) -> int:
     return max(1, min(size.viewers, math.ceil(size.packets_per_second / LOADER_PACKETS)))
 
 
-def server_env(port: int) -> dict[str, str]:
+def loopback_env(port: int, **settings: str) -> dict[str, str]:
+    """The environment of a golive process serving 127.0.0.1:``port`` with loopback ICE (no
+    STUN), plus ``settings``."""
     return {
         **os.environ,
         "HTTP_ADDR": f"127.0.0.1:{port}",
         "ICE_HOST_ADDRESSES": "127.0.0.1",
         "STUN_URLS": ",",
+        **settings,
+    }
+
+
+def server_env(port: int) -> dict[str, str]:
+    return {
+        **loopback_env(port),
         "LOG_LEVEL": os.environ.get("BENCH_SERVER_LOG_LEVEL", "warning"),
         # lift every cap: measure forwarding and joins, not admission control
         "MAX_PENDING_NEGOTIATIONS": "0",

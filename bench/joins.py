@@ -56,6 +56,7 @@ from aiortc import RTCConfiguration, RTCSessionDescription
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
+from bench.forwarding import loopback_env
 from golive.logs import configure_logging
 from golive.media import hooks
 from golive.media.hooks import ForwardingPeerConnection, ForwardingReceiver, ForwardingSender
@@ -658,15 +659,7 @@ async def main() -> None:
     hooks.install(("127.0.0.1",))
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "HTTP_ADDR": f"127.0.0.1:{port}",
-        "ICE_HOST_ADDRESSES": "127.0.0.1",
-        "STUN_URLS": ",",
-        "LOG_LEVEL": "info",
-        "LOG_FORMAT": "json",
-        "MAX_PENDING_NEGOTIATIONS": "0",
-    }
+    env = loopback_env(port, LOG_LEVEL="info", LOG_FORMAT="json", MAX_PENDING_NEGOTIATIONS="0")
     # A/B: the server's golive from another checkout (``-m`` looks in the working directory
     # first, so the server runs there)
     checkout = os.environ.get("BENCH_SERVER_PATH") or None

@@ -80,6 +80,7 @@ from bench.forwarding import (
     free_port,
     healthy,
     http_get,
+    loopback_env,
     memory_mib,
     wait_for,
 )
@@ -513,16 +514,13 @@ class Sampler:
 
 
 def soak_env(port: int, record_dir: str) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "HTTP_ADDR": f"127.0.0.1:{port}",
-        "ICE_HOST_ADDRESSES": "127.0.0.1",
-        "STUN_URLS": ",",
-        "LOG_LEVEL": "info",
-        "LOG_FORMAT": "json",
-        "PPROF": "1" if TRACEMALLOC else "0",
-        "RECORD_ENABLED": "1" if RECORD else "0",
-    }
+    env = loopback_env(
+        port,
+        LOG_LEVEL="info",
+        LOG_FORMAT="json",
+        PPROF="1" if TRACEMALLOC else "0",
+        RECORD_ENABLED="1" if RECORD else "0",
+    )
     if RECORD:
         env["RECORD_DIR"] = record_dir
     return env
