@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final, Literal, TypeAlias, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Mapping
@@ -58,6 +59,7 @@ SECRET_VARIABLES: Final = frozenset(
         "TURN_SECRET",
         "S3_ACCESS_KEY",
         "S3_SECRET_KEY",
+        "CLUSTER_SECRET",
     }
 )
 
@@ -97,6 +99,11 @@ DEFAULT_HTTP_BODY_TIMEOUT_SECONDS: Final = 30.0
 DEFAULT_HTTP_KEEPALIVE_TIMEOUT_SECONDS: Final = 75.0
 # Well under the usual open-file limit once golive has raised it (docs/operations.md).
 DEFAULT_HTTP_MAX_CONNECTIONS: Final = 1000
+# A relay (a room pulled from its owner for viewers here) left without viewers stays this long
+# for the next one before it disconnects from the owner.
+DEFAULT_RELAY_GRACE_SECONDS: Final = 10.0
+#: The most worker processes per node.
+MAX_WORKERS: Final = 64
 
 #: Room names, as in the HTTP routes (contract section 2).
 ROOM_NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -387,6 +394,71 @@ def _parse_s3_endpoint(var: str, s: str) -> str:
     return text
 
 
+_REDIS_SCHEMES: Final = frozenset({"redis", "rediss", "unix"})
+_NODE_SCHEMES: Final = frozenset({"http", "https"})
+
+
+def _parse_redis_url(var: str, s: str) -> str:
+    """``redis://[user:password@]host[:port][/db]``, ``rediss://`` (TLS) or ``unix://path``
+    (redis-py's forms); "" when unset. The URL is never echoed: it may carry a password."""
+    if not s:
+        return ""
+    parts = urlsplit(s)
+    if parts.scheme.lower() not in _REDIS_SCHEMES:
+        raise ConfigError(var, "must start with redis://, rediss:// or unix://")
+    if parts.scheme.lower() != "unix" and not parts.hostname:
+        raise ConfigError(var, "has no host")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ConfigError(var, "has an invalid port") from None
+    return s
+
+
+def _parse_node_url(var: str, s: str) -> str:
+    """``http(s)://host[:port]``, without a path, query or credentials; "" when unset."""
+    if not s:
+        return ""
+    parts = urlsplit(s)
+    if parts.scheme.lower() not in _NODE_SCHEMES:
+        raise ConfigError(var, f"{_show(s)} must start with http:// or https://")
+    if not parts.hostname or parts.username or parts.password:
+        raise ConfigError(var, f"{_show(s)} must name a host, without credentials")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError(var, f"{_show(s)} must be a base URL, without a path or query")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ConfigError(var, f"{_show(s)} has an invalid port") from None
+    return s.rstrip("/")
+
+
+def _url_password(url: str) -> str:
+    return (urlsplit(url).password or "") if url else ""
+
+
+def _without_password(url: str) -> str:
+    """``url`` with its password (if any) shown as ``<set>``."""
+    parts = urlsplit(url)
+    if not url or parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:<set>@{netloc}"))
+
+
+def _is_wildcard(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+def auth_configured_in(config: Config) -> bool:
+    """Any credential is configured (then nodes must present ``CLUSTER_SECRET``)."""
+    return bool(config.auth_token or config.room_tokens or config.jwt_secret or config.admin_token)
+
+
 def _optional_path(s: str) -> Path | None:
     text = s.strip()
     return Path(text) if text else None
@@ -463,6 +535,15 @@ class Config:
     http_body_timeout_seconds: float = DEFAULT_HTTP_BODY_TIMEOUT_SECONDS
     http_keepalive_timeout_seconds: float = DEFAULT_HTTP_KEEPALIVE_TIMEOUT_SECONDS
     http_max_connections: int = DEFAULT_HTTP_MAX_CONNECTIONS
+    # The cluster (docs/deployment.md): without REDIS_URL one process, everything in memory.
+    redis_url: str = field(default="", repr=False)  # may carry a password
+    node_url: str = ""  # how other nodes reach this one; derived from a concrete HTTP_ADDR
+    workers: int = 1
+    cluster_secret: str = field(default="", repr=False)
+    # The port of worker i's own listener (nodes and workers reach it): CLUSTER_PORT + i, or
+    # any free port when 0.
+    cluster_port: int = 0
+    relay_grace_seconds: float = DEFAULT_RELAY_GRACE_SECONDS
 
     def __post_init__(self) -> None:
         if not isinstance(self.room_tokens, MappingProxyType):
@@ -491,11 +572,32 @@ class Config:
             raise ConfigError(
                 "UPLOAD_RETRY_BASE_SECONDS", "must not exceed UPLOAD_RETRY_MAX_SECONDS"
             )
+        self._check_cluster()
         if self.turn_secret and (self.turn_username or self.turn_password):
             raise ConfigError(
                 "TURN_SECRET",
                 "cannot be combined with TURN_USERNAME/TURN_PASSWORD: it makes a fresh "
                 "username and password for each answer; set one scheme only",
+            )
+
+    def _check_cluster(self) -> None:
+        if self.workers > 1 and not self.redis_url:
+            raise ConfigError(
+                "WORKERS", "needs REDIS_URL: the workers of a node share their rooms through Redis"
+            )
+        if not self.redis_url:
+            return
+        if not self.effective_node_url:
+            raise ConfigError(
+                "NODE_URL",
+                "must be set with REDIS_URL (the base URL other nodes reach this one at, e.g. "
+                "http://10.0.0.5:8080) unless HTTP_ADDR names a concrete address",
+            )
+        if auth_configured_in(self) and not self.cluster_secret:
+            raise ConfigError(
+                "CLUSTER_SECRET",
+                "must be set with REDIS_URL when credentials are configured: nodes present it "
+                "to each other",
             )
 
     @classmethod
@@ -633,6 +735,17 @@ class Config:
                 DEFAULT_HTTP_MAX_CONNECTIONS,
                 0,
             ),
+            redis_url=_parse_redis_url("REDIS_URL", get("REDIS_URL")),
+            node_url=_parse_node_url("NODE_URL", get("NODE_URL")),
+            workers=_parse_int("WORKERS", get("WORKERS"), 1, 1, MAX_WORKERS),
+            cluster_secret=get("CLUSTER_SECRET"),
+            cluster_port=_parse_int("CLUSTER_PORT", get("CLUSTER_PORT"), 0, 0, _MAX_PORT),
+            relay_grace_seconds=_parse_float(
+                "RELAY_GRACE_SECONDS",
+                get("RELAY_GRACE_SECONDS"),
+                DEFAULT_RELAY_GRACE_SECONDS,
+                positive=False,
+            ),
         )
 
     # ---------------------------------------------------------------- derived values
@@ -664,6 +777,23 @@ class Config:
     def tracing_enabled(self) -> bool:
         return bool(self.otel_exporter_otlp_endpoint)
 
+    @property
+    def clustered(self) -> bool:
+        """This node is one of a cluster sharing its rooms in Redis (``REDIS_URL``)."""
+        return bool(self.redis_url)
+
+    @property
+    def effective_node_url(self) -> str:
+        """``NODE_URL``, or the URL of a concrete ``HTTP_ADDR`` (not a wildcard), or ""."""
+        if self.node_url:
+            return self.node_url
+        host = self.http_host
+        if host is None or _is_wildcard(host):
+            return ""
+        scheme = "https" if self.tls_enabled else "http"
+        shown = f"[{host}]" if ":" in host else host
+        return f"{scheme}://{shown}:{self.http_port}"
+
     def secrets(self) -> tuple[str, ...]:
         """Every non-empty secret value (each room token included), for log redaction."""
         values = (
@@ -675,6 +805,8 @@ class Config:
             self.turn_secret,
             self.s3_access_key,
             self.s3_secret_key,
+            self.cluster_secret,
+            _url_password(self.redis_url),
         )
         return tuple(dict.fromkeys(value for value in values if value))
 
@@ -740,6 +872,12 @@ class Config:
             "HTTP_BODY_TIMEOUT_SECONDS": self.http_body_timeout_seconds,
             "HTTP_KEEPALIVE_TIMEOUT_SECONDS": self.http_keepalive_timeout_seconds,
             "HTTP_MAX_CONNECTIONS": self.http_max_connections,
+            "REDIS_URL": _without_password(self.redis_url),
+            "NODE_URL": self.effective_node_url if self.clustered else self.node_url,
+            "WORKERS": self.workers,
+            "CLUSTER_SECRET": secret(self.cluster_secret),
+            "CLUSTER_PORT": self.cluster_port,
+            "RELAY_GRACE_SECONDS": self.relay_grace_seconds,
         }
 
 

@@ -681,7 +681,7 @@ def test_direct_construction_runs_cross_field_checks() -> None:
 
 
 def test_secret_variables_constant() -> None:
-    assert frozenset(SECRET_ENV) | {"TURN_SECRET"} == SECRET_VARIABLES
+    assert frozenset(SECRET_ENV) | {"TURN_SECRET", "CLUSTER_SECRET"} == SECRET_VARIABLES
 
 
 def test_secrets_lists_every_secret_value() -> None:

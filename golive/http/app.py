@@ -19,13 +19,14 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from golive.actors.messages import EndReason, RoomInfo, parse_room_name
 from golive.actors.system import ActorSystem
+from golive.cluster.identity import WorkerIdentity
 from golive.config import Config
 from golive.http.auth import admin_allowed, client_auth_configured, unauthorized
 from golive.http.connections import Connections, HttpLimits, connection_middleware
 from golive.http.cors import cors_middleware
 from golive.http.debug import add_routes as add_debug_routes
 from golive.http.errors import error_middleware, json_error
-from golive.http.keys import CONFIG, CONNECTIONS, LIMITS, MEDIA, METRICS, ROOMS, TRACING
+from golive.http.keys import CONFIG, CONNECTIONS, IDENTITY, LIMITS, MEDIA, METRICS, ROOMS, TRACING
 from golive.http.limits import AdmissionLimits
 from golive.http.openapi import add_routes as add_openapi_routes
 from golive.http.ratelimit import rate_limit_middleware
@@ -45,10 +46,16 @@ log = structlog.get_logger(__name__)
 
 
 def create_app(
-    config: Config, *, metrics: Metrics | None = None, tracing: Tracing | None = None
+    config: Config,
+    *,
+    metrics: Metrics | None = None,
+    tracing: Tracing | None = None,
+    identity: WorkerIdentity | None = None,
 ) -> web.Application:
     """The app for ``config``. ``tracing`` defaults to what the configuration asks for (OTLP
-    export when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set); the app shuts it down at cleanup."""
+    export when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set); the app shuts it down at cleanup.
+    ``identity``: this worker of its cluster (with ``REDIS_URL``); every response then names
+    the worker that made it (``Golive-Worker: node/worker``)."""
     tracing = tracing if tracing is not None else Tracing.from_config(config)
     # CORS is outermost, so that errors (JSON, from error_middleware) carry its headers too;
     # rate limiting runs before any handler does work. With tracing on, a server span wraps
@@ -62,6 +69,9 @@ def create_app(
     middlewares.insert(0, connection_middleware(connections))
     app = web.Application(middlewares=middlewares, client_max_size=1 << 20)
     app[CONFIG] = config
+    if identity is not None:
+        app[IDENTITY] = identity
+        app.on_response_prepare.append(_name_worker)
     app[TRACING] = tracing
     app[METRICS] = metrics
     app[CONNECTIONS] = connections
@@ -141,6 +151,10 @@ async def _loop_lag(app: web.Application) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def _name_worker(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Golive-Worker"] = request.app[IDENTITY].name
 
 
 async def healthz(_request: web.Request) -> web.Response:

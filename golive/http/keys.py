@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from golive.cluster.identity import WorkerIdentity
 from golive.config import Config
 from golive.http.connections import Connections
 from golive.http.limits import AdmissionLimits
@@ -19,3 +20,5 @@ MEDIA = web.AppKey("media", MediaHub)
 LIMITS = web.AppKey("limits", AdmissionLimits)
 TRACING = web.AppKey("tracing", Tracing)
 CONNECTIONS = web.AppKey("connections", Connections)
+#: This worker in its cluster (only with REDIS_URL).
+IDENTITY = web.AppKey("identity", WorkerIdentity)
