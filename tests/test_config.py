@@ -84,6 +84,12 @@ ALL_VARIABLES = frozenset(
         "HTTP_BODY_TIMEOUT_SECONDS",
         "HTTP_KEEPALIVE_TIMEOUT_SECONDS",
         "HTTP_MAX_CONNECTIONS",
+        "REDIS_URL",
+        "NODE_URL",
+        "WORKERS",
+        "CLUSTER_SECRET",
+        "CLUSTER_PORT",
+        "RELAY_GRACE_SECONDS",
     }
 )
 
