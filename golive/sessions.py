@@ -74,6 +74,8 @@ class SessionRegistry:
         self._sessions: dict[SessionId, SessionRecord] = {}
         self._tables: dict[TrackKey, RoutingTable] = {}
         self._tracks: dict[TrackKey, RoutedTrack] = {}
+        #: Called on the loop with each room the directory ends, and why.
+        self.room_observers: list[Callable[[RoomName, EndReason], None]] = []
 
     # -- LoopPort: any thread -----------------------------------------------------------------
 
@@ -85,6 +87,9 @@ class SessionRegistry:
 
     def request_keyframe(self, track: TrackKey) -> None:
         self._schedule(self._request_keyframe, track)
+
+    def room_ended(self, room: RoomName, reason: EndReason) -> None:
+        self._schedule(self._room_ended, room, reason)
 
     def _schedule(self, callback: Callable[..., None], *args: Any) -> None:
         try:
@@ -158,6 +163,13 @@ class SessionRegistry:
         track = self._tracks.get(table.track)
         if track is not None:
             track.install(table)
+
+    def _room_ended(self, room: RoomName, reason: EndReason) -> None:
+        for observer in list(self.room_observers):
+            try:
+                observer(room, reason)
+            except Exception:
+                log.exception("a room observer failed", room=room)
 
     def _close(self, session: SessionId, reason: EndReason) -> None:
         record = self._sessions.pop(session, None)

@@ -348,6 +348,7 @@ class DirectoryActor(GoliveActor):
                     self._state.remove(room)
                     self._cancel_deadline(room)
                     self._publisher_ended(EndReason.ROOM_FAILED)
+                    self._port.room_ended(room, EndReason.ROOM_FAILED)
                     self._log.error("room crashed and was removed", room=room)
             case _:
                 super().handle(message)
@@ -372,6 +373,7 @@ class DirectoryActor(GoliveActor):
         tell_quietly(entry.room, CloseRoom(reason, self.tracing.carrier()))
         self._cancel_deadline(name)
         self._publisher_ended(reason)
+        self._port.room_ended(name, reason)
         return RoomEnding(name, entry.room)
 
     def _publisher_ended(self, reason: EndReason) -> None:

@@ -70,6 +70,7 @@ class EndReason(StrEnum):
     PUBLISHER_REPLACED = "publisher_replaced"  # a new publisher took over the room
     PUBLISHER_GONE = "publisher_gone"  # the publisher vanished and no one took over in time
     CODEC_CHANGED = "codec_changed"  # the new publisher's codec is not the viewer's
+    ORIGIN_GONE = "origin_gone"  # a relayed room's owner (node or worker) vanished
 
 
 class RoutePhase(StrEnum):

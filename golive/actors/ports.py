@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from golive.actors.messages import EndReason, RoutingTable, SessionId, TrackKey
+from golive.actors.messages import EndReason, RoomName, RoutingTable, SessionId, TrackKey
 
 
 class LoopPort(Protocol):
@@ -21,3 +21,6 @@ class LoopPort(Protocol):
 
     def request_keyframe(self, track: TrackKey) -> None:
         """Ask the track's publisher for a keyframe (coalesced with the viewers' requests)."""
+
+    def room_ended(self, room: RoomName, reason: EndReason) -> None:
+        """The directory ended ``room`` (the cluster releases it and tells its relays)."""

@@ -64,6 +64,9 @@ class Port:
     def request_keyframe(self, track: TrackKey) -> None:
         self.keyframe_requests.append(track)
 
+    def room_ended(self, room: RoomName, reason: EndReason) -> None:
+        pass
+
 
 class Inbox(GoliveActor):
     """Stands in for a room (or an uploader): keeps what it is told."""
