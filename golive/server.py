@@ -31,6 +31,7 @@ import structlog
 from aiohttp import web
 
 from golive import __version__
+from golive.cluster.identity import WorkerIdentity
 from golive.config import Config, ConfigError, load_or_exit
 from golive.http.app import create_app
 from golive.http.connections import listen
@@ -121,8 +122,11 @@ async def serve(
         log.info("shutting down", signal=signal.Signals(signum).name)
         stopping.set()
 
+    identity = None
+    if config.clustered:  # one worker (WORKERS=1): reached at NODE_URL
+        identity = WorkerIdentity.create(config.effective_node_url, 0, config.effective_node_url)
     runner = web.AppRunner(
-        create_app(config),
+        create_app(config, identity=identity),
         handle_signals=False,
         shutdown_timeout=config.shutdown_timeout_seconds * DRAIN_SHARE,
     )
