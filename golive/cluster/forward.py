@@ -130,6 +130,49 @@ class Forwarder:
                 503, "the worker holding this room or session is unreachable", {"Retry-After": "5"}
             )
 
+    async def relay_file(self, request: web.Request, base_url: str) -> web.StreamResponse | None:
+        """A GET or HEAD of a file (a recording) answered by the worker at ``base_url``,
+        streamed through as it arrives; None when it does not have it (404) or cannot be
+        reached (logged)."""
+        headers = CIMultiDict(
+            (name, value)
+            for name, value in request.headers.items()
+            if name.lower() not in _NOT_FORWARDED
+        )
+        headers.update(self.headers())
+        url = base_url.rstrip("/") + request.rel_url.raw_path_qs
+        try:
+            async with self.client.request(
+                request.method,
+                url,
+                headers=headers,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=30),
+            ) as answer:
+                if answer.status == 404:
+                    return None
+                response = web.StreamResponse(
+                    status=answer.status,
+                    headers=CIMultiDict(
+                        (name, value)
+                        for name, value in answer.headers.items()
+                        if name.lower() not in _NOT_RETURNED or name.lower() == "content-length"
+                    ),
+                )
+                await response.prepare(request)
+                async for chunk in answer.content.iter_chunked(1 << 16):
+                    await response.write(chunk)
+                await response.write_eof()
+                return response
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.warning(
+                "fetching a file from another node failed",
+                path=request.path,
+                target=base_url,
+                error=str(exc) or type(exc).__name__,
+            )
+            return None
+
     async def close(self) -> None:
         if self._client is not None:
             await self._client.close()

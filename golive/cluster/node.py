@@ -17,6 +17,7 @@ here: it was routed already.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -176,6 +177,44 @@ class Cluster:
         if owner is None or owner.tag == self.identity.tag:
             return None
         return await self.forwarder.forward(request, owner.url)
+
+    # -- recordings: each node has its own ----------------------------------------------------
+
+    async def other_nodes(self) -> list[str]:
+        """One worker's URL for each other live node (its workers share its recordings)."""
+        try:
+            leases = await self.directory.workers()
+        except ClusterUnavailableError:
+            return []
+        urls: dict[str, str] = {}
+        for lease in leases:
+            if lease.get("node") != self.identity.node:
+                urls.setdefault(lease["node"], lease["url"])
+        return [urls[node] for node in sorted(urls)]
+
+    async def records(self, request: web.Request) -> list[dict[str, object]]:
+        """The recordings of the other nodes (each listing its own), each entry with its
+        ``node``; none when the request was routed here already."""
+        if from_cluster(self.config, request):
+            return []
+        answers = await asyncio.gather(
+            *(self.forwarder.forward(request, url) for url in await self.other_nodes())
+        )
+        listed: list[dict[str, object]] = []
+        for answer in answers:
+            if answer.status == 200 and answer.text:
+                listed.extend(json.loads(answer.text))
+        return listed
+
+    async def fetch_record(self, request: web.Request) -> web.StreamResponse | None:
+        """The recording another node has, streamed through; None if no node has it."""
+        if from_cluster(self.config, request):
+            return None
+        for url in await self.other_nodes():
+            response = await self.forwarder.relay_file(request, url)
+            if response is not None:
+                return response
+        return None
 
     # -- what the heartbeat reports -----------------------------------------------------------
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aiohttp
 import pytest
 
 from tests.cluster.nodes import Cluster, Node, get_json
@@ -161,3 +162,31 @@ async def test_a_node_without_redis_serves_what_it_has(
         assert accepted.answer.status == 201, accepted.answer.body
     finally:
         await close_all(publisher, viewer, *others)
+
+
+async def test_recordings_of_every_node_through_any_node(cluster: Cluster) -> None:
+    a = cluster.start("127.0.0.1", RECORD_ENABLED="1")
+    b = cluster.start("127.0.0.2", RECORD_ENABLED="1")
+    name = "stage_0_1764000000.ivf"
+    content = bytes(range(256)) * 64
+    records = cluster.cwd / f"{b.host}-{b.port}" / "records"
+    records.mkdir(exist_ok=True)
+    (records / name).write_bytes(content)
+
+    listed = await get_json(a.url + "/api/records")
+    assert [(entry["name"], entry["node"], entry["size"]) for entry in listed] == [
+        (name, b.name, len(content))
+    ]
+    async with aiohttp.ClientSession() as http:
+        async with http.get(a.url + f"/records/{name}") as response:
+            assert response.status == 200
+            assert await response.read() == content
+            assert response.headers["Golive-Worker"] == f"{b.name}/0"
+        async with http.get(
+            a.url + f"/records/{name}", headers={"Range": "bytes=10-19"}
+        ) as response:
+            assert response.status == 206
+            assert await response.read() == content[10:20]
+        async with http.get(a.url + "/records/stage_0_1764000001.ivf") as response:
+            assert response.status == 404
+            assert await response.json() == {"error": "recording not found"}
