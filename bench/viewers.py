@@ -176,6 +176,7 @@ class LoadViewer:
     first_keyframe: float | None = None
     first_video_is_keyframe: bool | None = None
     error: str | None = None
+    worker: str | None = None  # the answer's Golive-Worker (node/worker): who serves it
     video_pt: int = -1
     audio_pt: int = -1
     rtcp: int = 0
@@ -310,6 +311,7 @@ async def join(viewer: LoadViewer, http: aiohttp.ClientSession, url: str, socket
             timeout=aiohttp.ClientTimeout(total=POST_TIMEOUT),
         ) as response:
             answer = await response.text()
+            viewer.worker = response.headers.get("Golive-Worker")
             if response.status != 201:
                 viewer.error = f"POST {response.status}: {answer[:80]}"
                 return
@@ -351,6 +353,7 @@ def results(viewers: list[LoadViewer], hold: tuple[float, float], span: float) -
                 "index": viewer.index,
                 "posted": viewer.posted,
                 "error": viewer.error,
+                "worker": viewer.worker,
                 "to_answer_ms": _ms(viewer.answered, viewer.posted),
                 "to_rtp_ms": _ms(viewer.first_rtp, viewer.posted),
                 "to_keyframe_ms": _ms(viewer.first_keyframe, viewer.posted),
