@@ -247,9 +247,13 @@ def step_figures(
     ``delivered`` the node's delivered packets meanwhile, ``sent`` the publisher's."""
     node_cpu = sum(cpu.values())
     connected = [v for v in viewers if v["to_rtp_ms"] is not None]
+    served = by_worker(viewers)
     workers = {}
-    for index, (count, packets) in sorted(by_worker(viewers).items()):
-        worker_cpu = cpu.get(f"worker{index}", math.nan)
+    for name, worker_cpu in sorted(cpu.items()):
+        if not name.startswith("worker"):
+            continue
+        index = int(name.removeprefix("worker"))
+        count, packets = served.get(index, (0, 0))
         workers[str(index)] = {
             "viewers": count,
             "owner": index == owner,
@@ -338,7 +342,7 @@ def summary(results: Mapping[int, list[dict[str, Any]]]) -> list[str]:
             at = [s for run in runs for s in run["steps"] if s["audience"] == audience]
 
             def med(key: str, at: list[dict[str, Any]] = at) -> float | None:
-                return median_of(s[key] for s in at)
+                return median_of(s.get(key) for s in at)
 
             line = (
                 f"  N={audience} ({len(at)} run(s)): {_f(med('delivered_per_s'), 0)} pkt/s, "
@@ -354,7 +358,7 @@ def summary(results: Mapping[int, list[dict[str, Any]]]) -> list[str]:
                 for index in range(workers):
                     shares = [s["workers"].get(str(index)) for s in at]
                     kept = [w for w in shares if w]
-                    role = "owner" if any(w["owner"] for w in kept) else "relay"
+                    role = "owner" if any(w["owner"] for w in kept) else "not the owner"
                     lines.append(
                         f"    worker {index} ({role}): "
                         f"{_f(median_of(w['viewers'] for w in kept), 0)} viewers, "
