@@ -26,10 +26,11 @@ value and run:
    Where the viewers of C were served by the owner (no relay: the request was forwarded),
    it says so and gives no figure.
 4. **The steps**: viewers join through the public port (the kernel's ``SO_REUSEPORT`` spreads
-   the connections: each answer's ``Golive-Worker`` says who serves the viewer), in batches
-   of ``CLUSTER_BENCH_STEPS`` (cumulative audiences, default ``150,300,450,600,750``), at
-   ``CLUSTER_BENCH_JOIN_RATE`` (25) a second, each batch its own load process(es). After each
-   batch has joined and 1 s, the whole audience is held ``CLUSTER_BENCH_HOLD`` (6) seconds:
+   the connections, each viewer's POST on a connection of its own as from its own browser:
+   each answer's ``Golive-Worker`` says who serves the viewer), in batches
+   of ``CLUSTER_BENCH_STEPS`` (cumulative audiences, default ``300,500,700,850,1000``), at
+   ``CLUSTER_BENCH_JOIN_RATE`` (40) a second, each batch its own load process(es). After each
+   batch has joined and 1 s, the whole audience is held ``CLUSTER_BENCH_HOLD`` (5) seconds:
    *delivered packets per second* (``live_rtp_packets_total{room}``, summed over the node's
    workers by prometheus-client's multiprocess mode; with a relay it includes the owner's
    packets to the relay, one viewer's worth), *loss* (the viewers' sequence gaps, as in
@@ -50,7 +51,7 @@ time waiting for a CPU, and the kernel's drops at the node's and at the viewers'
 shown: the machine has 2 cores for the node, the publisher and the load processes together.
 
 Knobs (environment): ``CLUSTER_BENCH_WORKERS`` (``1,2``), ``CLUSTER_BENCH_STEPS``,
-``CLUSTER_BENCH_RUNS`` (3), ``CLUSTER_BENCH_HOLD`` (6 s), ``CLUSTER_BENCH_JOIN_RATE`` (25),
+``CLUSTER_BENCH_RUNS`` (3), ``CLUSTER_BENCH_HOLD`` (5 s), ``CLUSTER_BENCH_JOIN_RATE`` (40),
 ``CLUSTER_BENCH_RELAY_VIEWERS`` (25; 0 skips the relay windows), ``CLUSTER_BENCH_JSON``
 (every run's figures to this file). A quick run (about a minute): ``CLUSTER_BENCH_RUNS=1
 CLUSTER_BENCH_STEPS=50,100 CLUSTER_BENCH_HOLD=3 scripts/loopback-netns .venv/bin/python -m
@@ -98,8 +99,8 @@ from bench.forwarding import (
 
 WORKERS = tuple(int(n) for n in os.environ.get("CLUSTER_BENCH_WORKERS", "1,2").split(","))
 RUNS = int(os.environ.get("CLUSTER_BENCH_RUNS", "3"))
-HOLD = float(os.environ.get("CLUSTER_BENCH_HOLD", "6"))
-JOIN_RATE = float(os.environ.get("CLUSTER_BENCH_JOIN_RATE", "25"))
+HOLD = float(os.environ.get("CLUSTER_BENCH_HOLD", "5"))
+JOIN_RATE = float(os.environ.get("CLUSTER_BENCH_JOIN_RATE", "40"))
 RELAY_VIEWERS = int(os.environ.get("CLUSTER_BENCH_RELAY_VIEWERS", "25"))
 LOSS_LIMIT = 0.5  # percent: a step at or above it ends the run's steps
 JOIN_GRACE = 15.0  # seconds after a batch's last POST for its keyframes
@@ -117,7 +118,7 @@ def steps_from(text: str) -> list[int]:
     return steps
 
 
-STEPS = steps_from(os.environ.get("CLUSTER_BENCH_STEPS", "150,300,450,600,750"))
+STEPS = steps_from(os.environ.get("CLUSTER_BENCH_STEPS", "300,500,700,850,1000"))
 
 
 # -- the node's processes -------------------------------------------------------------------
@@ -458,6 +459,7 @@ class Batch:
                 "--grace", str(JOIN_GRACE),
                 "--span", str(max(1.0, HOLD / 3)),
                 "--out", str(self.out(index)),
+                "--connection-per-viewer",
                 log=f"{self.tag}-{index}.log",
             )
             for index in range(procs)

@@ -420,7 +420,9 @@ async def run(arguments: argparse.Namespace) -> None:
     first, _, start = (await command(commands)).partition(" ")
     if first != "start":
         return
-    connector = aiohttp.TCPConnector(limit=0)
+    # (--connection-per-viewer: each POST on a connection of its own, as from its own browser:
+    # the kernel spreads connections, not requests, over the workers of a SO_REUSEPORT port)
+    connector = aiohttp.TCPConnector(limit=0, force_close=arguments.connection_per_viewer)
     async with aiohttp.ClientSession(connector=connector) as http:
         joins = []
         for viewer in viewers:
@@ -475,6 +477,9 @@ def main() -> None:
     parser.add_argument("--grace", type=float, required=True, help="seconds after the last")
     parser.add_argument("--span", type=float, required=True, help="delay windows (seconds)")
     parser.add_argument("--out", required=True, help="results file")
+    parser.add_argument(
+        "--connection-per-viewer", action="store_true", help="no connection kept for the next"
+    )
     arguments = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
