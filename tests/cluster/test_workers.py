@@ -346,6 +346,30 @@ def test_a_killed_worker_is_restarted_while_the_other_serves(
     assert node.stop() == 0
 
 
+def test_workers_shut_down_when_their_supervisor_is_killed(
+    start_node: StartNode, redis_server: RedisServer
+) -> None:
+    """No orphans holding the port: a worker whose supervisor is gone (``kill -9``) shuts down
+    as for SIGTERM."""
+    node = start_node(cluster_env(redis_server))
+    node.listening(2)
+    pids = [r["pid"] for r in node.records if r["event"] == "worker started"]
+    node.process.kill()
+    node.process.wait(STOP_TIMEOUT)
+    gone = node.wait_for(
+        lambda rs: (
+            [r for r in rs if r["event"] == "golive stopped"]
+            if not any(alive(pid) for pid in pids)
+            else None
+        ),
+        "both workers stopped",
+        STOP_TIMEOUT,
+    )
+    assert sorted(r["worker"] for r in gone) == [0, 1]
+    warned = [r for r in node.records if r["event"] == "the supervisor is gone: shutting down"]
+    assert sorted(r["worker"] for r in warned) == [0, 1]
+
+
 def test_a_worker_that_cannot_start_is_restarted_with_a_backoff_then_given_up(
     start_node: StartNode, redis_server: RedisServer
 ) -> None:
