@@ -17,16 +17,28 @@ import structlog
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from golive.actors.messages import EndReason, RoomInfo, parse_room_name
+from golive.actors.messages import EndReason, RoomInfo, new_session_id, parse_room_name
 from golive.actors.system import ActorSystem
+from golive.cluster.directory import ClusterRoom, ClusterUnavailableError
 from golive.cluster.identity import WorkerIdentity
+from golive.cluster.node import Cluster
 from golive.config import Config
 from golive.http.auth import admin_allowed, client_auth_configured, unauthorized
 from golive.http.connections import Connections, HttpLimits, connection_middleware
 from golive.http.cors import cors_middleware
 from golive.http.debug import add_routes as add_debug_routes
 from golive.http.errors import error_middleware, json_error
-from golive.http.keys import CONFIG, CONNECTIONS, IDENTITY, LIMITS, MEDIA, METRICS, ROOMS, TRACING
+from golive.http.keys import (
+    CLUSTER,
+    CONFIG,
+    CONNECTIONS,
+    IDENTITY,
+    LIMITS,
+    MEDIA,
+    METRICS,
+    ROOMS,
+    TRACING,
+)
 from golive.http.limits import AdmissionLimits
 from golive.http.openapi import add_routes as add_openapi_routes
 from golive.http.ratelimit import rate_limit_middleware
@@ -115,12 +127,14 @@ async def _actors(app: web.Application) -> AsyncIterator[None]:
         tracing=app[TRACING],
     )
     await asyncio.to_thread(system.start)
+    identity = app.get(IDENTITY)
     app[ROOMS] = RoomService(
         system.directory,
         registry,
         timeout=config.actor_timeout_seconds,
         metrics=app[METRICS],
         tracing=app[TRACING],
+        session_ids=new_session_id if identity is None else identity.new_session_id,
     )
     hooks.install(config.ice_host_addresses)
     restrict_udp_ports(asyncio.get_running_loop(), config.ice_port_min, config.ice_port_max)
@@ -131,6 +145,9 @@ async def _actors(app: web.Application) -> AsyncIterator[None]:
         connect_timeout=config.session_connect_timeout_seconds,
         loopback=any(ipaddress.ip_address(a).is_loopback for a in config.ice_host_addresses),
     )
+    if identity is not None:
+        app[CLUSTER] = Cluster(config, identity, app[ROOMS])
+        await app[CLUSTER].start()
     try:
         yield
     finally:
@@ -139,6 +156,8 @@ async def _actors(app: web.Application) -> AsyncIterator[None]:
             await app[MEDIA].shutdown()
         finally:
             await asyncio.to_thread(system.stop)
+            if identity is not None:
+                await app[CLUSTER].close()
         log.info("rooms ended and actors stopped")
 
 
@@ -166,7 +185,8 @@ async def _loop_lag(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _name_worker(request: web.Request, response: web.StreamResponse) -> None:
-    response.headers["Golive-Worker"] = request.app[IDENTITY].name
+    # (a forwarded answer keeps the name of the worker that made it)
+    response.headers.setdefault("Golive-Worker", request.app[IDENTITY].name)
 
 
 async def healthz(_request: web.Request) -> web.Response:
@@ -188,6 +208,21 @@ def room_json(info: RoomInfo) -> dict[str, object]:
     }
 
 
+def cluster_room_json(room: ClusterRoom) -> dict[str, object]:
+    """A room of the cluster: as :func:`room_json`, ``subscribers`` summed over the nodes,
+    plus its ``owner`` and its viewers on each node (``viewersByNode``)."""
+    return {
+        "name": room.name,
+        "hasPublisher": room.has_publisher,
+        "tracks": len(room.tracks),
+        "subscribers": room.subscribers,
+        "waiting": room.waiting,
+        "trackList": list(room.tracks),
+        "owner": {"node": room.owner.node, "worker": room.owner.worker},
+        "viewersByNode": dict(room.viewers),
+    }
+
+
 class RoomsListing:
     """``GET /api/rooms``: one ask to the directory, and the JSON rendered once per listing.
 
@@ -200,6 +235,16 @@ class RoomsListing:
         self._rendered: tuple[tuple[RoomInfo, ...], str] | None = None
 
     async def handle(self, request: web.Request) -> web.Response:
+        cluster = request.app.get(CLUSTER)
+        if cluster is not None:
+            try:
+                listed = await cluster.directory.rooms()
+            except ClusterUnavailableError:
+                log.warning(
+                    "listing this worker's rooms only: the cluster directory is unavailable"
+                )
+            else:
+                return web.json_response([cluster_room_json(room) for room in listed])
         rooms = await request.app[ROOMS].rooms()
         if self._rendered is None or self._rendered[0] is not rooms:
             self._rendered = (rooms, json.dumps([room_json(info) for info in rooms]))
@@ -234,6 +279,11 @@ async def admin_close_room(request: web.Request) -> web.Response:
     room = parse_room_name(request.match_info["room"])
     if room is None:
         return json_error(400, "invalid room name")
+    cluster = request.app.get(CLUSTER)
+    if cluster is not None:
+        routed = await cluster.route_room(request, room)
+        if routed is not None:  # another worker owns the room
+            return routed
     if not await request.app[ROOMS].close_room(room, EndReason.ADMIN_CLOSED):
         return json_error(404, "room not found")
     log.info("room closed by admin", room=room)
