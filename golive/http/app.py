@@ -50,6 +50,7 @@ from golive.media import hooks
 from golive.media.peers import MediaHub
 from golive.media.ports import restrict_udp_ports
 from golive.metrics import ClusterScope, Metrics, create_metrics, watch_loop_lag
+from golive.recordings import journal_of
 from golive.rooms import RoomService
 from golive.sessions import SessionRegistry
 from golive.tracing import Tracing
@@ -118,6 +119,7 @@ async def _actors(app: web.Application) -> AsyncIterator[None]:
     """Start the actor system on this loop; at shutdown end every room, then stop it."""
     config = app[CONFIG]
     registry = SessionRegistry(asyncio.get_running_loop())
+    identity = app.get(IDENTITY)
     system = ActorSystem(
         port=registry,
         metrics=app[METRICS],
@@ -125,9 +127,9 @@ async def _actors(app: web.Application) -> AsyncIterator[None]:
         timeout=config.actor_timeout_seconds,
         config=config,
         tracing=app[TRACING],
+        journal=journal_of(0 if identity is None else identity.worker),
     )
     await asyncio.to_thread(system.start)
-    identity = app.get(IDENTITY)
     app[ROOMS] = RoomService(
         system.directory,
         registry,
