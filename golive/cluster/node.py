@@ -118,7 +118,10 @@ class Cluster:
         """The publish that ``claim`` admitted is over: a new claim that made no room here is
         released at once."""
         self._claims.pop(room, None)
-        if claim.new and not answered and not await self._rooms.has_room(room):
+        if not claim.new or answered:
+            return
+        # (a relay of the room's previous owner, not ended yet, is not this claim's room)
+        if room in set(self._relayed()) or not await self._rooms.has_room(room):
             await self.directory.release(room, EndReason.PUBLISH_FAILED)
 
     # -- play ---------------------------------------------------------------------------------

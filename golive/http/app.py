@@ -49,7 +49,8 @@ from golive.http.whip import add_routes as add_whip_routes
 from golive.media import hooks
 from golive.media.peers import MediaHub
 from golive.media.ports import restrict_udp_ports
-from golive.metrics import Metrics, create_metrics, watch_loop_lag
+from golive.metrics import ClusterScope, Metrics, create_metrics, watch_loop_lag
+from golive.recordings import journal_of
 from golive.rooms import RoomService
 from golive.sessions import SessionRegistry
 from golive.tracing import Tracing
@@ -68,12 +69,18 @@ def create_app(
     export when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set); the app shuts it down at cleanup.
     ``identity``: this worker of its cluster (with ``REDIS_URL``); every response then names
     the worker that made it (``Golive-Worker: node/worker``)."""
-    tracing = tracing if tracing is not None else Tracing.from_config(config)
+    tracing = tracing if tracing is not None else Tracing.from_config(config, identity)
     # CORS is outermost, so that errors (JSON, from error_middleware) carry its headers too;
     # rate limiting runs before any handler does work. With tracing on, a server span wraps
     # them all. Outermost of all, the connection middleware marks where each request starts
     # and ends on its connection, and runs the body timeout (golive/http/connections.py).
-    metrics = metrics if metrics is not None else create_metrics()
+    if metrics is None:
+        scope = (
+            None
+            if identity is None
+            else ClusterScope(identity.node, identity.worker, config.workers)
+        )
+        metrics = create_metrics(scope)
     connections = Connections(HttpLimits.from_config(config), metrics)
     middlewares = [cors_middleware(config), error_middleware, rate_limit_middleware(config)]
     if tracing.enabled:
@@ -112,6 +119,7 @@ async def _actors(app: web.Application) -> AsyncIterator[None]:
     """Start the actor system on this loop; at shutdown end every room, then stop it."""
     config = app[CONFIG]
     registry = SessionRegistry(asyncio.get_running_loop())
+    identity = app.get(IDENTITY)
     system = ActorSystem(
         port=registry,
         metrics=app[METRICS],
@@ -119,9 +127,9 @@ async def _actors(app: web.Application) -> AsyncIterator[None]:
         timeout=config.actor_timeout_seconds,
         config=config,
         tracing=app[TRACING],
+        journal=journal_of(0 if identity is None else identity.worker),
     )
     await asyncio.to_thread(system.start)
-    identity = app.get(IDENTITY)
     app[ROOMS] = RoomService(
         system.directory,
         registry,
@@ -163,13 +171,19 @@ async def _tracing(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _loop_lag(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.get_running_loop().create_task(watch_loop_lag(app[METRICS].loop_lag))
+    """The loop-lag watch, and with WORKERS > 1 the worker's samples for the node's metrics."""
+    loop, metrics = asyncio.get_running_loop(), app[METRICS]
+    tasks = [loop.create_task(watch_loop_lag(metrics.loop_lag))]
+    if metrics.sampler is not None:
+        tasks.append(loop.create_task(metrics.sampler.run()))
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 async def _name_worker(request: web.Request, response: web.StreamResponse) -> None:

@@ -190,3 +190,40 @@ async def test_recordings_of_every_node_through_any_node(cluster: Cluster) -> No
         async with http.get(a.url + "/records/stage_0_1764000001.ivf") as response:
             assert response.status == 404
             assert await response.json() == {"error": "recording not found"}
+
+
+async def test_one_room_viewed_on_both_workers_of_a_node(cluster: Cluster) -> None:
+    node = cluster.start("127.0.0.1", WORKERS="2")
+    publisher = await publish(node.url, "wide")
+    assert publisher.answer.status == 201, publisher.answer.body
+    owner = publisher.answer.worker
+    viewers: list[Viewer] = []
+    try:
+        # Fresh connections until a viewer landed on each worker (the kernel spreads them).
+        for _ in range(40):
+            viewer = await view(node.url, "wide")
+            viewers.append(viewer)
+            assert viewer.answer.status == 201, viewer.answer.body
+            if len({v.answer.worker for v in viewers}) == 2:
+                break
+        workers = {v.answer.worker for v in viewers}
+        assert workers == {f"{node.name}/0", f"{node.name}/1"}, workers
+        await asyncio.wait_for(asyncio.gather(*(v.got_video.wait() for v in viewers)), DEADLINE)
+
+        # The node lists every viewer once: the relay's pull of the owner is not one.
+        async def listed() -> bool:
+            room = (await rooms_of(node)).get("wide")
+            return room is not None and room["viewersByNode"] == {node.name: len(viewers)}
+
+        await eventually(listed, what="the node's viewers listed", seconds=DEADLINE)
+        relayed = [v for v in viewers if v.answer.worker != owner]
+        assert relayed, "no viewer on the worker that does not own the room"
+        # The room ends: the viewers on both workers end with it.
+        assert await delete(node.url, publisher.answer.location) == 200
+        await eventually(
+            lambda: all(v.pc.connectionState in ("closed", "failed") for v in viewers),
+            what="every viewer ended with the room",
+            seconds=DEADLINE,
+        )
+    finally:
+        await close_all(publisher, *viewers)

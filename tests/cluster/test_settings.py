@@ -28,6 +28,9 @@ def test_a_node_needs_an_address_others_reach() -> None:
     with pytest.raises(ConfigError) as raised:
         Config.from_env({"REDIS_URL": "redis://10.0.0.9"})  # HTTP_ADDR ":8080": a wildcard
     assert raised.value.variable == "NODE_URL"
+    with pytest.raises(ConfigError) as raised:  # port 0: known only once listening
+        Config.from_env({"REDIS_URL": "redis://10.0.0.9", "HTTP_ADDR": "10.0.0.5:0"})
+    assert raised.value.variable == "NODE_URL"
     derived = Config.from_env({"REDIS_URL": "redis://10.0.0.9", "HTTP_ADDR": "10.0.0.5:9000"})
     assert derived.effective_node_url == "http://10.0.0.5:9000"
     given = Config.from_env({"REDIS_URL": "redis://10.0.0.9", "NODE_URL": "https://a.example/"})
