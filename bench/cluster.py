@@ -431,6 +431,17 @@ def subscribers(base: str, room: str) -> float:
     )
 
 
+def own_session(*argv: str) -> tuple[str, ...]:
+    """``argv`` run in a session of its own (``setsid``, which execs in place: the child is
+    not a process group leader). Linux's autogroup scheduling shares the CPUs fairly between
+    sessions, and a supervisor's workers each have their own: with the node, the publisher
+    and every load process in sessions of their own too, each process gets its share, for
+    ``WORKERS=1`` as for ``WORKERS=2`` (in the driver's one session, the load processes would
+    share one group with a single server and one more than the workers)."""
+    setsid = shutil.which("setsid")
+    return (setsid, *argv) if setsid else argv
+
+
 def at_most(base: str, room: str, viewers: int) -> bool:
     return subscribers(base, room) <= viewers
 
@@ -451,7 +462,7 @@ class Batch:
         self.loaders = [
             await self.processes.start(
                 f"{self.tag}-{index}",
-                sys.executable,
+                *own_session(sys.executable),
                 "-m",
                 "bench.viewers",
                 "--base", base,
@@ -584,7 +595,7 @@ async def start_node(processes: Processes, workers: int, redis_url: str, room: s
         "RELAY_GRACE_SECONDS": "3600",  # a relay stays for the run, viewers or not
     }
     child = await processes.start(
-        "node", sys.executable, "-m", "golive", env=env, log="node.log", events=False
+        "node", *own_session(sys.executable), "-m", "golive", env=env, log="node.log", events=False
     )
     await wait_for(lambda: healthy(base), 60, "the node to answer /healthz")
     pids: dict[str, int] = {}
@@ -599,7 +610,7 @@ async def start_node(processes: Processes, workers: int, redis_url: str, room: s
         await wait_for(functools.partial(healthy, url), 60, f"worker {index} to answer")
     publisher = await processes.start(
         "publisher",
-        sys.executable,
+        *own_session(sys.executable),
         "-m",
         "bench.publisher",
         "--base", base,
