@@ -629,7 +629,11 @@ async def start_node(processes: Processes, workers: int, redis_url: str, room: s
             owner.append(index)
         return index is not None
 
-    await wait_for(is_live, 30, "the room to be live")
+    try:
+        await wait_for(is_live, 30, "the room to be live")
+    except RuntimeError as exc:
+        listed = await asyncio.to_thread(rooms, base)
+        raise RuntimeError(f"{exc}: /api/rooms says {listed}") from None
     return Node(child, base, room, workers, own_port, pids, owner[0], publisher)
 
 
