@@ -355,13 +355,11 @@ def summary(results: Mapping[int, list[dict[str, Any]]]) -> list[str]:
                 f"loop waiting {_f(med('loop_waiting_pct'), 1)} %"
             )
             lines.append(line)
-            if workers > 1:
-                for index in range(workers):
-                    shares = [s["workers"].get(str(index)) for s in at]
-                    kept = [w for w in shares if w]
-                    role = "owner" if any(w["owner"] for w in kept) else "not the owner"
+            if workers > 1:  # (which worker owns the room changes from run to run)
+                for role, owner in (("the owner", True), ("the others", False)):
+                    kept = [w for s in at for w in s["workers"].values() if w["owner"] == owner]
                     lines.append(
-                        f"    worker {index} ({role}): "
+                        f"    {role}: "
                         f"{_f(median_of(w['viewers'] for w in kept), 0)} viewers, "
                         f"{_f(median_of(w['us_per_packet'] for w in kept), 2)} µs/pkt, "
                         f"{_f(median_of(w['cpu_cores'] for w in kept), 2)} cores"

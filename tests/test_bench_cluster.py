@@ -245,8 +245,8 @@ def test_the_report_names_capacity_steps_workers_and_the_relay() -> None:
     text = "\n".join(lines)
     assert "WORKERS=2: most delivered/s at loss < 0.5 %: 39 000 packets/s" in text
     assert "N=150 (3 run(s)): 39 000 pkt/s" in text
-    assert "worker 0 (owner): 75 viewers, 5.50 µs/pkt" in text
-    assert "worker 1 (not the owner)" in text
+    assert "the owner: 75 viewers, 5.50 µs/pkt" in text
+    assert "the others: 75 viewers, 5.00 µs/pkt" in text
     assert "it adds 15.0 µs per packet of the room" in text
     none = summary({1: [{"steps": [step(150, 38_000, 0.9)], "relay": None}]})
     assert "most delivered/s at loss < 0.5 %: - packets/s" in none[0]
