@@ -28,7 +28,7 @@ value and run:
 4. **The steps**: viewers join through the public port (the kernel's ``SO_REUSEPORT`` spreads
    the connections, each viewer's POST on a connection of its own as from its own browser:
    each answer's ``Golive-Worker`` says who serves the viewer), in batches
-   of ``CLUSTER_BENCH_STEPS`` (cumulative audiences, default ``300,500,700,850,1000``), at
+   of ``CLUSTER_BENCH_STEPS`` (cumulative audiences, default ``300,400,...,800``), at
    ``CLUSTER_BENCH_JOIN_RATE`` (40) a second, each batch its own load process(es). After each
    batch has joined and 1 s, the whole audience is held ``CLUSTER_BENCH_HOLD`` (5) seconds:
    *delivered packets per second* (``live_rtp_packets_total{room}``, summed over the node's
@@ -118,7 +118,7 @@ def steps_from(text: str) -> list[int]:
     return steps
 
 
-STEPS = steps_from(os.environ.get("CLUSTER_BENCH_STEPS", "300,500,700,850,1000"))
+STEPS = steps_from(os.environ.get("CLUSTER_BENCH_STEPS", "300,400,500,600,700,800"))
 
 
 # -- the node's processes -------------------------------------------------------------------
