@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import ipaddress
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import structlog
 from aiohttp import web
@@ -20,13 +20,24 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from golive.actors.messages import EndReason, RoomInfo, parse_room_name
 from golive.actors.system import ActorSystem
 from golive.cluster.identity import WorkerIdentity
+from golive.cluster.relay import Relays
 from golive.config import Config
 from golive.http.auth import admin_allowed, client_auth_configured, unauthorized
 from golive.http.connections import Connections, HttpLimits, connection_middleware
 from golive.http.cors import cors_middleware
 from golive.http.debug import add_routes as add_debug_routes
 from golive.http.errors import error_middleware, json_error
-from golive.http.keys import CONFIG, CONNECTIONS, IDENTITY, LIMITS, MEDIA, METRICS, ROOMS, TRACING
+from golive.http.keys import (
+    CONFIG,
+    CONNECTIONS,
+    IDENTITY,
+    LIMITS,
+    MEDIA,
+    METRICS,
+    RELAYS,
+    ROOMS,
+    TRACING,
+)
 from golive.http.limits import AdmissionLimits
 from golive.http.openapi import add_routes as add_openapi_routes
 from golive.http.ratelimit import rate_limit_middleware
@@ -80,6 +91,7 @@ def create_app(
     )
     app.cleanup_ctx.append(_tracing)  # first in, last out: spans of the shutdown are exported
     app.cleanup_ctx.append(_actors)
+    app.cleanup_ctx.append(_relays)  # (ended before the actors stop)
     app.cleanup_ctx.append(_loop_lag)
     app.router.add_get("/healthz", healthz)
     # prometheus-client's own handler: the text format or OpenMetrics by the scraper's
@@ -136,6 +148,33 @@ async def _actors(app: web.Application) -> AsyncIterator[None]:
         log.info("rooms ended and actors stopped")
 
 
+async def _relays(app: web.Application) -> AsyncIterator[None]:
+    """The worker's relays (rooms pulled from their owner elsewhere in the cluster); at
+    shutdown each leaves its origin before the actors end every room."""
+    identity = app.get(IDENTITY)
+    secret = app[CONFIG].cluster_secret
+    headers: dict[str, str] = {}
+    if secret:
+        headers["Golive-Cluster"] = secret
+    if identity is not None:
+        headers["Golive-Relay"] = identity.name
+
+    def relay_headers() -> Mapping[str, str]:
+        return headers
+
+    app[RELAYS] = Relays(
+        app[MEDIA],
+        app[ROOMS],
+        metrics=app[METRICS],
+        headers=relay_headers,
+        timeout=app[CONFIG].actor_timeout_seconds,
+    )
+    try:
+        yield
+    finally:
+        await app[RELAYS].close()
+
+
 async def _tracing(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
@@ -163,13 +202,15 @@ async def healthz(_request: web.Request) -> web.Response:
 
 def room_json(info: RoomInfo) -> dict[str, object]:
     """A room as Go-Live lists it (``tracks`` is a count), plus golive's ``waiting`` (its
-    publisher vanished; viewers stay until another takes over) and ``trackList``."""
+    publisher vanished; viewers stay until another takes over), ``relay`` (the room is
+    pulled from its owner elsewhere in the cluster) and ``trackList``."""
     return {
         "name": info.name,
         "hasPublisher": info.has_publisher,
         "tracks": len(info.tracks),
         "subscribers": info.subscribers,
         "waiting": info.waiting,
+        "relay": info.relay,
         "trackList": [
             {"id": t.track_id, "kind": t.kind.value, "codec": t.codec} for t in info.tracks
         ],

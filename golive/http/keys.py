@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from golive.cluster.identity import WorkerIdentity
+from golive.cluster.relay import Relays
 from golive.config import Config
 from golive.http.connections import Connections
 from golive.http.limits import AdmissionLimits
@@ -22,3 +23,5 @@ TRACING = web.AppKey("tracing", Tracing)
 CONNECTIONS = web.AppKey("connections", Connections)
 #: This worker in its cluster (only with REDIS_URL).
 IDENTITY = web.AppKey("identity", WorkerIdentity)
+#: This worker's relays: rooms pulled from their owner elsewhere in the cluster.
+RELAYS = web.AppKey("relays", Relays)
