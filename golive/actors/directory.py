@@ -109,27 +109,32 @@ class DirectoryState(Generic[H]):
         default=None, init=False, repr=False, compare=False
     )
 
-    def can_claim(self, room: RoomName, replaces: SessionId | None = None) -> Refusal | None:
+    def can_claim(
+        self, room: RoomName, replaces: SessionId | None = None, *, relay: bool = False
+    ) -> Refusal | None:
         """None if ``room`` is free or may be taken over (see :meth:`takes_over`)."""
         if not self.accepting:
             return Refusal.SHUTTING_DOWN
         entry = self.rooms.get(room)
-        if entry is None or self.takes_over(room, replaces):
+        if entry is None or self.takes_over(room, replaces, relay=relay):
             return None
         return Refusal.ROOM_TAKEN
 
-    def takes_over(self, room: RoomName, replaces: SessionId | None = None) -> bool:
+    def takes_over(
+        self, room: RoomName, replaces: SessionId | None = None, *, relay: bool = False
+    ) -> bool:
         """A claim on ``room`` is a takeover: the room waits for a publisher, or the claimant
-        saw its live publisher (``replaces``) go silent."""
+        saw its live publisher (``replaces``) go silent. A relay neither takes a room over
+        nor is taken over."""
         entry = self.rooms.get(room)
-        if entry is None or not self.accepting or entry.relay:
+        if entry is None or not self.accepting or relay or entry.relay:
             return False
         return entry.waiting or (
             self.reconnect and entry.has_audience and replaces == entry.publisher
         )
 
     def add(self, room: RoomName, publisher: SessionId, handle: H, *, relay: bool = False) -> None:
-        if room in self.rooms or self.can_claim(room) is not None:
+        if room in self.rooms or self.can_claim(room, relay=relay) is not None:
             raise ValueError(f"room {room} cannot be claimed")
         self.rooms[room] = DirectoryEntry(
             publisher, handle, claimed(room, relay=relay), relay=relay
@@ -165,6 +170,11 @@ class DirectoryState(Generic[H]):
         ``Relays.end``)."""
         entry = self.rooms.get(room)
         return EndReason.ORIGIN_GONE if entry is not None and entry.relay else reason
+
+    def is_relay(self, room: RoomName, publisher: SessionId) -> bool:
+        """``room`` is the relay room pulled by ``publisher``."""
+        entry = self.rooms.get(room)
+        return entry is not None and entry.relay and entry.publisher == publisher
 
     def relay_idle(self, room: RoomName, publisher: SessionId | None = None) -> bool:
         """``room`` is a relay room (pulled by ``publisher``, when given) that is live and has
@@ -255,12 +265,12 @@ class DirectoryActor(GoliveActor):
         span = trace.get_current_span()
         session = message.session
         span.set_attributes({"golive.room": message.room, "golive.session": session})
-        refusal = self._state.can_claim(message.room, message.replaces)
+        refusal = self._state.can_claim(message.room, message.replaces, relay=message.relay)
         if refusal is not None:
             self._metrics.join_refusals.labels(Role.PUBLISHER.value, refusal.value).inc()
             span.set_attribute("golive.refusal", refusal.value)
             return Refused(refusal)
-        if self._state.takes_over(message.room, message.replaces):
+        if self._state.takes_over(message.room, message.replaces, relay=message.relay):
             return self._take_over(message.room, session)
         ref = RoomActor.start(
             message.room,
@@ -336,11 +346,10 @@ class DirectoryActor(GoliveActor):
     def hold_relay(self, message: HoldRelay) -> bool:
         """A viewer is about to join a relay room: True if that relay is still there (an idle
         one waits for the viewer anew, at least :data:`RELAY_JOIN_SECONDS`)."""
-        entry = self._state.rooms.get(message.room)
-        if entry is None or not entry.relay or entry.publisher != message.publisher:
+        if not self._state.is_relay(message.room, message.publisher):
             return False
         if self._state.relay_idle(message.room):
-            self._wait_for_viewer(message.room, entry.publisher, first=True)
+            self._wait_for_viewer(message.room, message.publisher, first=True)
         return True
 
     def _relay_changed(self, room: RoomName, *, was_idle: bool, was_live: bool) -> None:
