@@ -452,9 +452,11 @@ async def test_a_relay_without_viewers_leaves_its_origin_after_the_grace_period(
 ) -> None:
     """B's last viewer leaves: B's relay waits RELAY_GRACE_SECONDS for another, then ends
     (relay_idle) and DELETEs its session at A, whose room counts no viewer any more."""
-    publisher = await publish(origin.url, "idle", audio=False)
     viewer: Viewer | None = None
+    # (B first: it installs golive's aiortc hooks in this process, which must not change
+    # under a client that is connecting)
     with running_server({**ENV, "RELAY_GRACE_SECONDS": "0.5"}) as edge:
+        publisher = await publish(origin.url, "idle", audio=False)
         try:
             assert await ensure(edge, "idle", origin.url) is None
             viewer = await view(edge.url, "idle")
