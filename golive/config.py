@@ -587,11 +587,13 @@ class Config:
             )
         if not self.redis_url:
             return
-        if not self.effective_node_url:
+        if not self.effective_node_url or (
+            not self.node_url and self.http_port == 0 and self.workers == 1
+        ):
             raise ConfigError(
                 "NODE_URL",
                 "must be set with REDIS_URL (the base URL other nodes reach this one at, e.g. "
-                "http://10.0.0.5:8080) unless HTTP_ADDR names a concrete address",
+                "http://10.0.0.5:8080) unless HTTP_ADDR names a concrete address and port",
             )
         if auth_configured_in(self) and not self.cluster_secret:
             raise ConfigError(

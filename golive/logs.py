@@ -11,6 +11,9 @@ handler and configuration each time). It sets up structlog on top of the standar
 - each line carries `timestamp` (ISO 8601, UTC, ending in `Z`), `level`, `event`, the
   context bound on the logger and in `structlog.contextvars`, `trace_id`/`span_id` when an
   OpenTelemetry span is current, and a rendered `exception`;
+- in a cluster (`REDIS_URL`) every line also carries the process's `node` (its `NODE_URL`'s
+  `host:port`) and `worker` (its index; `null` for the supervisor of `WORKERS` > 1): the
+  `fields` given to `configure_logging`, added to every record, library ones included;
 - `Redactor` runs last before rendering: configured secrets, values under secret-sounding
   keys, SDP `a=ice-pwd:` values, bearer tokens and JWTs become `[REDACTED]`.
 
@@ -214,6 +217,23 @@ class MalformedRequests(logging.Filter):
         return True
 
 
+class AddFields:
+    """A processor adding the same fields to every event (without replacing one the event
+    has): who this process is, in a cluster."""
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, fields: Mapping[str, object]) -> None:
+        self._fields = dict(fields)
+
+    def __call__(
+        self, _logger: WrappedLogger, _method_name: str, event_dict: EventDict
+    ) -> EventDict:
+        for key, value in self._fields.items():
+            event_dict.setdefault(key, value)
+        return event_dict
+
+
 def _order_keys(_logger: WrappedLogger, _method_name: str, event_dict: EventDict) -> EventDict:
     """Put timestamp, level, event and logger first: lines read well in a terminal too."""
     ordered = {key: event_dict.pop(key) for key in _FIRST_KEYS if key in event_dict}
@@ -226,12 +246,14 @@ def configure_logging(
     fmt: str,
     secrets: Iterable[str] = (),
     stream: TextIO | None = None,
+    fields: Mapping[str, object] | None = None,
 ) -> None:
     """Route structlog and stdlib logging through one handler writing to `stream` (stdout).
 
     `level` is a LOG_LEVEL value (debug, info, warning, error), `fmt` is "json" or
-    "console"; `secrets` are the values to redact (`Config.secrets()`). Calling it again
-    replaces the previous configuration.
+    "console"; `secrets` are the values to redact (`Config.secrets()`); `fields` are added to
+    every line (a cluster's `node` and `worker`). Calling it again replaces the previous
+    configuration.
     """
     try:
         numeric_level = LEVELS[level.lower()]
@@ -242,9 +264,11 @@ def configure_logging(
     output = sys.stdout if stream is None else stream
 
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    who: list[Processor] = [AddFields(fields)] if fields else []
     # Added to records from stdlib loggers (aiohttp, aiortc, aioice, pykka, ...).
     foreign_pre_chain: list[Processor] = [
         structlog.contextvars.merge_contextvars,
+        *who,
         add_trace_ids,
         structlog.stdlib.add_logger_name,
         structlog.stdlib.add_log_level,
@@ -288,6 +312,7 @@ def configure_logging(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.stdlib.filter_by_level,
+            *who,
             add_trace_ids,
             structlog.stdlib.add_logger_name,
             structlog.stdlib.add_log_level,

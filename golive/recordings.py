@@ -38,6 +38,12 @@ NAME_PATTERN: Final = re.compile(
 )
 
 
+def journal_of(worker: int) -> str:
+    """The journal of worker ``worker`` of a node: worker 0 (and a node of one process) keeps
+    ``.golive``, so a node that grows from one worker to several recovers what it left."""
+    return JOURNAL_DIR if worker == 0 else f"{JOURNAL_DIR}/worker-{worker}"
+
+
 @dataclass(frozen=True, slots=True)
 class RecordingFile:
     """A finished (or in-progress) recording as ``GET /api/records`` lists it."""
@@ -48,9 +54,12 @@ class RecordingFile:
 
 
 class RecordingStore:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, journal: str = JOURNAL_DIR) -> None:
+        """``journal``: where the markers live, under ``directory``. Each worker of a node
+        (``WORKERS`` > 1) keeps its own (:func:`journal_of`): a worker that starts must repair
+        only what it was recording when it died, never what its siblings are recording."""
         self.directory = directory
-        self._journal = directory / JOURNAL_DIR
+        self._journal = directory / journal
 
     def prepare(self) -> None:
         """Create the directory and its journal (at start-up; idempotent)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 import pykka
 import structlog
@@ -66,7 +67,10 @@ class RoomService:
         timeout: float,
         metrics: Metrics | None = None,
         tracing: Tracing | None = None,
+        session_ids: Callable[[], SessionId] = new_session_id,
     ) -> None:
+        """``session_ids`` makes each new session's id (a cluster's worker prefixes its tag)."""
+        self._new_session_id = session_ids
         self._directory = directory
         self._tracing = tracing if tracing is not None else Tracing.disabled()
         self._registry = registry
@@ -91,7 +95,7 @@ class RoomService:
         """Claim ``room`` for a new publisher (pending until :meth:`publisher_ready`), or take
         it over: from a publisher that vanished, or from ``replaces``, its publisher, gone
         silent. ``relay``: the publisher is a relay pulling the room from its owner."""
-        session = new_session_id()
+        session = self._new_session_id()
         claim = ClaimPublisher(room, session, replaces, self._tracing.carrier(), relay=relay)
         try:
             reply = await reply_of(self._directory.claim_publisher(claim), self._timeout)
@@ -150,7 +154,7 @@ class RoomService:
                 labels = (Role.SUBSCRIBER.value, Refusal.NO_PUBLISHER.value)
                 self._metrics.join_refusals.labels(*labels).inc()
             return Refused(Refusal.NO_PUBLISHER)
-        session = new_session_id()
+        session = self._new_session_id()
         room_actor = room_proxy(ref)
         try:
             reply = await reply_of(
@@ -254,6 +258,10 @@ class RoomService:
             await self._stopped(reply)
 
     # -- listing ------------------------------------------------------------------------------
+
+    async def has_room(self, room: RoomName) -> bool:
+        """``room`` is in this process's directory (live, pending or waiting)."""
+        return await reply_of(self._directory.lookup(room), self._timeout) is not None
 
     async def rooms(self) -> tuple[RoomInfo, ...]:
         """Every room with a publisher, by name: one ask, to the directory, which keeps what

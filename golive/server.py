@@ -12,6 +12,12 @@ timeouts, JSON for aiohttp's own errors). At start the soft open-file limit is r
 hard one, as Go does for every program (so Go-Live did too): the usual soft limit of 1024
 would leave a server with ``MAX_SESSIONS`` and ``HTTP_MAX_CONNECTIONS`` at their defaults
 short of descriptors.
+
+In a cluster (``REDIS_URL``) the process is a worker with a
+:class:`~golive.cluster.identity.WorkerIdentity` (every response names it, every log line
+carries its ``node`` and ``worker``). With ``WORKERS`` > 1, ``golive`` itself is the
+supervisor of the node's worker processes (golive/cluster/workers.py), each of which runs
+:func:`serve` on the public address (``SO_REUSEPORT``) and on its own.
 """
 
 from __future__ import annotations
@@ -31,11 +37,20 @@ import structlog
 from aiohttp import web
 
 from golive import __version__
+from golive.cluster.workers import (
+    PublicPort,
+    log_fields,
+    prepare_worker,
+    supervise,
+    watch_supervisor,
+    worker_index,
+)
 from golive.config import Config, ConfigError, load_or_exit
 from golive.http.app import create_app
 from golive.http.connections import listen
 from golive.http.keys import CONNECTIONS
 from golive.logs import configure_logging
+from golive.metrics import create_metrics
 
 log = structlog.get_logger(__name__)
 
@@ -50,12 +65,46 @@ def main() -> int:
     config = load_or_exit(os.environ)
     try:
         context = tls_context(config)
+        worker = worker_index(os.environ, config)
     except ConfigError as error:  # before anything starts: one line, status 2, as for config
         sys.stderr.write(f"golive: invalid configuration: {error}\n")
         return 2
-    configure_logging(config.log_level, config.log_format, config.secrets())
+    if config.workers > 1 and worker is None:
+        return _supervise(config)
+    configure_logging(
+        config.log_level, config.log_format, config.secrets(), fields=log_fields(config, worker)
+    )
     raise_open_file_limit()
-    return asyncio.run(serve(config, ssl_context=context))
+    return asyncio.run(serve(config, ssl_context=context, worker=worker))
+
+
+def _supervise(config: Config) -> int:
+    """``WORKERS`` > 1: hold the public port, then run the workers (their configuration is
+    this one with that port, which ``HTTP_ADDR=...:0`` leaves to the system)."""
+    configure_logging(
+        config.log_level, config.log_format, config.secrets(), fields=log_fields(config, None)
+    )
+    try:
+        public = PublicPort.hold(config)
+    except OSError as error:
+        log.error("cannot listen on HTTP_ADDR", error=str(error))
+        return FORCED_EXIT_STATUS
+    workers_config = Config.from_env({**os.environ, "HTTP_ADDR": public.http_addr})
+    configure_logging(
+        config.log_level,
+        config.log_format,
+        config.secrets(),
+        fields=log_fields(workers_config, None),
+    )
+    raise_open_file_limit()
+    log.info(
+        "golive supervising workers",
+        version=__version__,
+        workers=config.workers,
+        http_addr=public.http_addr,
+        pid=os.getpid(),
+    )
+    return supervise(workers_config, public)
 
 
 def raise_open_file_limit() -> int:
@@ -109,10 +158,14 @@ async def serve(
     started: asyncio.Event | None = None,
     *,
     ssl_context: ssl.SSLContext | None = None,
+    worker: int | None = None,
 ) -> int:
-    """Serve until SIGTERM/SIGINT, then shut down in stages. Returns the exit status."""
+    """Serve until SIGTERM/SIGINT (or, for a worker, until its supervisor is gone), then shut
+    down in stages. Returns the exit status. ``worker``: this worker's index when a
+    supervisor started it (``WORKERS`` > 1)."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
+    cluster = prepare_worker(config, worker)
 
     def on_signal(signum: int) -> None:
         if stopping.is_set():
@@ -121,8 +174,13 @@ async def serve(
         log.info("shutting down", signal=signal.Signals(signum).name)
         stopping.set()
 
+    app = (
+        create_app(config)
+        if cluster is None
+        else create_app(config, identity=cluster.identity, metrics=create_metrics(cluster.metrics))
+    )
     runner = web.AppRunner(
-        create_app(config),
+        app,
         handle_signals=False,
         shutdown_timeout=config.shutdown_timeout_seconds * DRAIN_SHARE,
     )
@@ -131,6 +189,9 @@ async def serve(
         loop.add_signal_handler(signum, on_signal, signum)
     # SIGUSR1: log every thread's stack (each actor is a thread), as Mopidy does.
     loop.add_signal_handler(signal.SIGUSR1, pykka.debug.log_thread_tracebacks)
+    supervisor_gone = asyncio.Event()
+    watch = loop.create_task(watch_supervisor(os.environ, supervisor_gone))
+    watch.add_done_callback(lambda _: _stop_if(supervisor_gone, stopping))
     try:
         listener = await listen(
             runner,
@@ -138,6 +199,13 @@ async def serve(
             config.http_host,
             config.http_port,
             ssl_context=ssl_context if ssl_context is not None else tls_context(config),
+            reuse_port=config.workers > 1,
+            sockets=cluster.sockets if cluster is not None else (),
+        )
+        worker_fields = (
+            {}
+            if cluster is None
+            else {"worker_url": cluster.identity.url, "worker_tag": cluster.identity.tag}
         )
         log.info(
             "golive listening",
@@ -146,6 +214,7 @@ async def serve(
             config=config.describe(),
             open_file_limit=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
             gc_frozen=freeze_start_up_objects(),
+            **worker_fields,
         )
         _check_open_file_limit(config)
         if started is not None:
@@ -167,10 +236,18 @@ async def serve(
             _forced_exit()
         cleanup.result()  # what went wrong in it, if anything
     finally:
+        watch.cancel()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             loop.remove_signal_handler(signum)
     log.info("golive stopped")
     return 0
+
+
+def _stop_if(gone: asyncio.Event, stopping: asyncio.Event) -> None:
+    """The supervisor that started this worker is gone: shut down as for SIGTERM."""
+    if gone.is_set() and not stopping.is_set():
+        log.warning("the supervisor is gone: shutting down")
+        stopping.set()
 
 
 def _forced_exit() -> NoReturn:

@@ -11,6 +11,9 @@ The context crosses the thread boundary in the messages: :meth:`Tracing.carrier`
 current span's W3C ``traceparent`` (and ``tracestate``) into a message's ``trace`` field on
 the event loop, and :meth:`Tracing.handling` starts the actor's span as a child of it in the
 actor's thread, current there while the handler runs (so its log lines carry the ids).
+
+In a cluster the resource names the worker: ``service.instance.id`` is ``node/worker`` (as the
+``Golive-Worker`` header), with ``golive.node`` and ``golive.worker`` beside it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,12 @@ from typing import Final
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
+from opentelemetry.sdk.resources import (
+    SERVICE_INSTANCE_ID,
+    SERVICE_NAME,
+    SERVICE_VERSION,
+    Resource,
+)
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.trace import Span, SpanKind, Tracer
@@ -31,6 +39,7 @@ from opentelemetry.util.types import AttributeValue
 
 from golive import __version__
 from golive.actors.messages import TraceCarrier
+from golive.cluster.identity import WorkerIdentity
 from golive.config import Config
 
 __all__ = ["Tracing", "traces_endpoint"]
@@ -46,6 +55,21 @@ def traces_endpoint(base: str) -> str:
     """Where OTLP/HTTP spans go for ``OTEL_EXPORTER_OTLP_ENDPOINT=base``: the base URL with
     the signal's path appended, as the OpenTelemetry specification says for that variable."""
     return base.rstrip("/") + TRACES_PATH
+
+
+def resource_attributes(
+    service_name: str, identity: WorkerIdentity | None = None
+) -> dict[str, AttributeValue]:
+    """The tracer's resource: the service, and in a cluster the worker this process is."""
+    attributes: dict[str, AttributeValue] = {
+        SERVICE_NAME: service_name,
+        SERVICE_VERSION: __version__,
+    }
+    if identity is not None:
+        attributes[SERVICE_INSTANCE_ID] = identity.name
+        attributes["golive.node"] = identity.node
+        attributes["golive.worker"] = identity.worker
+    return attributes
 
 
 class Tracing:
@@ -69,8 +93,9 @@ class Tracing:
         return cls(None)
 
     @classmethod
-    def from_config(cls, config: Config) -> Tracing:
-        """OTLP/HTTP export when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set, else disabled.
+    def from_config(cls, config: Config, identity: WorkerIdentity | None = None) -> Tracing:
+        """OTLP/HTTP export when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set, else disabled;
+        ``identity``: the worker of a cluster this process is (named in the resource).
 
         The exporter reads its other standard variables (``OTEL_EXPORTER_OTLP_HEADERS``,
         ``..._TIMEOUT``, ``..._COMPRESSION``, ``..._CERTIFICATE``) from the environment itself.
@@ -83,16 +108,23 @@ class Tracing:
         )
 
         exporter = OTLPSpanExporter(endpoint=traces_endpoint(config.otel_exporter_otlp_endpoint))
-        return cls.with_processor(BatchSpanProcessor(exporter), config.otel_service_name)
+        return cls.with_processor(BatchSpanProcessor(exporter), config.otel_service_name, identity)
 
     @classmethod
-    def with_exporter(cls, exporter: SpanExporter, service_name: str = "golive") -> Tracing:
+    def with_exporter(
+        cls,
+        exporter: SpanExporter,
+        service_name: str = "golive",
+        identity: WorkerIdentity | None = None,
+    ) -> Tracing:
         """Every span handed to ``exporter`` as it ends (tests: the SDK's in-memory one)."""
-        return cls.with_processor(SimpleSpanProcessor(exporter), service_name)
+        return cls.with_processor(SimpleSpanProcessor(exporter), service_name, identity)
 
     @classmethod
-    def with_processor(cls, processor: SpanProcessor, service_name: str) -> Tracing:
-        resource = Resource.create({SERVICE_NAME: service_name, SERVICE_VERSION: __version__})
+    def with_processor(
+        cls, processor: SpanProcessor, service_name: str, identity: WorkerIdentity | None = None
+    ) -> Tracing:
+        resource = Resource.create(resource_attributes(service_name, identity))
         provider = TracerProvider(resource=resource)
         provider.add_span_processor(processor)
         return cls(provider)

@@ -21,7 +21,7 @@ from golive.actors.recorder import RecordingSettings, recover_interrupted
 from golive.actors.uploader import RetryPolicy, S3Target, UploaderActor
 from golive.config import DEFAULT_RELAY_GRACE_SECONDS, Config
 from golive.metrics import Metrics
-from golive.recordings import RecordingStore
+from golive.recordings import JOURNAL_DIR, RecordingStore
 from golive.tracing import Tracing
 
 log = structlog.get_logger(__name__)
@@ -37,7 +37,10 @@ class ActorSystem:
         timeout: float,
         config: Config | None = None,
         tracing: Tracing | None = None,
+        journal: str = JOURNAL_DIR,
     ) -> None:
+        """``journal``: the recording journal of this process (one per worker of a node)."""
+        self._journal = journal
         self._config = config
         self._tracing = tracing
         self._port = port
@@ -81,7 +84,7 @@ class ActorSystem:
         config = self._config
         if config is None or not (config.record_enabled or config.upload_recordings):
             return None
-        store = RecordingStore(config.record_dir)
+        store = RecordingStore(config.record_dir, self._journal)
         store.prepare()
         recovered = recover_interrupted(store, upload=config.upload_recordings)
         uploader = None

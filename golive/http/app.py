@@ -17,17 +17,26 @@ import structlog
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from golive.actors.messages import EndReason, RoomInfo, parse_room_name
+from golive.actors.messages import EndReason, RoomInfo, new_session_id, parse_room_name
 from golive.actors.system import ActorSystem
+from golive.cluster.directory import ClusterRoom, ClusterUnavailableError
 from golive.cluster.identity import WorkerIdentity
+from golive.cluster.node import Cluster
 from golive.cluster.relay import Relays
 from golive.config import Config
-from golive.http.auth import admin_allowed, client_auth_configured, unauthorized
+from golive.http.auth import (
+    CLUSTER_CREDENTIAL,
+    VIA,
+    admin_allowed,
+    client_auth_configured,
+    unauthorized,
+)
 from golive.http.connections import Connections, HttpLimits, connection_middleware
 from golive.http.cors import cors_middleware
 from golive.http.debug import add_routes as add_debug_routes
 from golive.http.errors import error_middleware, json_error
 from golive.http.keys import (
+    CLUSTER,
     CONFIG,
     CONNECTIONS,
     IDENTITY,
@@ -48,7 +57,8 @@ from golive.http.whip import add_routes as add_whip_routes
 from golive.media import hooks
 from golive.media.peers import MediaHub
 from golive.media.ports import restrict_udp_ports
-from golive.metrics import Metrics, create_metrics, watch_loop_lag
+from golive.metrics import ClusterScope, Metrics, create_metrics, watch_loop_lag
+from golive.recordings import journal_of
 from golive.rooms import RoomService
 from golive.sessions import SessionRegistry
 from golive.tracing import Tracing
@@ -67,12 +77,18 @@ def create_app(
     export when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set); the app shuts it down at cleanup.
     ``identity``: this worker of its cluster (with ``REDIS_URL``); every response then names
     the worker that made it (``Golive-Worker: node/worker``)."""
-    tracing = tracing if tracing is not None else Tracing.from_config(config)
+    tracing = tracing if tracing is not None else Tracing.from_config(config, identity)
     # CORS is outermost, so that errors (JSON, from error_middleware) carry its headers too;
     # rate limiting runs before any handler does work. With tracing on, a server span wraps
     # them all. Outermost of all, the connection middleware marks where each request starts
     # and ends on its connection, and runs the body timeout (golive/http/connections.py).
-    metrics = metrics if metrics is not None else create_metrics()
+    if metrics is None:
+        scope = (
+            None
+            if identity is None
+            else ClusterScope(identity.node, identity.worker, config.workers)
+        )
+        metrics = create_metrics(scope)
     connections = Connections(HttpLimits.from_config(config), metrics)
     middlewares = [cors_middleware(config), error_middleware, rate_limit_middleware(config)]
     if tracing.enabled:
@@ -112,6 +128,7 @@ async def _actors(app: web.Application) -> AsyncIterator[None]:
     """Start the actor system on this loop; at shutdown end every room, then stop it."""
     config = app[CONFIG]
     registry = SessionRegistry(asyncio.get_running_loop())
+    identity = app.get(IDENTITY)
     system = ActorSystem(
         port=registry,
         metrics=app[METRICS],
@@ -119,6 +136,7 @@ async def _actors(app: web.Application) -> AsyncIterator[None]:
         timeout=config.actor_timeout_seconds,
         config=config,
         tracing=app[TRACING],
+        journal=journal_of(0 if identity is None else identity.worker),
     )
     await asyncio.to_thread(system.start)
     app[ROOMS] = RoomService(
@@ -127,6 +145,7 @@ async def _actors(app: web.Application) -> AsyncIterator[None]:
         timeout=config.actor_timeout_seconds,
         metrics=app[METRICS],
         tracing=app[TRACING],
+        session_ids=new_session_id if identity is None else identity.new_session_id,
     )
     hooks.install(config.ice_host_addresses)
     restrict_udp_ports(asyncio.get_running_loop(), config.ice_port_min, config.ice_port_max)
@@ -137,6 +156,9 @@ async def _actors(app: web.Application) -> AsyncIterator[None]:
         connect_timeout=config.session_connect_timeout_seconds,
         loopback=any(ipaddress.ip_address(a).is_loopback for a in config.ice_host_addresses),
     )
+    if identity is not None:
+        app[CLUSTER] = Cluster(config, identity, app[ROOMS])
+        await app[CLUSTER].start()
     try:
         yield
     finally:
@@ -145,6 +167,8 @@ async def _actors(app: web.Application) -> AsyncIterator[None]:
             await app[MEDIA].shutdown()
         finally:
             await asyncio.to_thread(system.stop)
+            if identity is not None:
+                await app[CLUSTER].close()
         log.info("rooms ended and actors stopped")
 
 
@@ -154,10 +178,10 @@ async def _relays(app: web.Application) -> AsyncIterator[None]:
     identity = app.get(IDENTITY)
     secret = app[CONFIG].cluster_secret
     headers: dict[str, str] = {}
+    if identity is not None:  # a pull is served where it lands (Via), by the owner
+        headers[VIA] = headers["Golive-Relay"] = identity.name
     if secret:
-        headers["Golive-Cluster"] = secret
-    if identity is not None:
-        headers["Golive-Relay"] = identity.name
+        headers[CLUSTER_CREDENTIAL] = secret
 
     def relay_headers() -> Mapping[str, str]:
         return headers
@@ -183,17 +207,24 @@ async def _tracing(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _loop_lag(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.get_running_loop().create_task(watch_loop_lag(app[METRICS].loop_lag))
+    """The loop-lag watch, and with WORKERS > 1 the worker's samples for the node's metrics."""
+    loop, metrics = asyncio.get_running_loop(), app[METRICS]
+    tasks = [loop.create_task(watch_loop_lag(metrics.loop_lag))]
+    if metrics.sampler is not None:
+        tasks.append(loop.create_task(metrics.sampler.run()))
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 async def _name_worker(request: web.Request, response: web.StreamResponse) -> None:
-    response.headers["Golive-Worker"] = request.app[IDENTITY].name
+    # (a forwarded answer keeps the name of the worker that made it)
+    response.headers.setdefault("Golive-Worker", request.app[IDENTITY].name)
 
 
 async def healthz(_request: web.Request) -> web.Response:
@@ -217,6 +248,21 @@ def room_json(info: RoomInfo) -> dict[str, object]:
     }
 
 
+def cluster_room_json(room: ClusterRoom) -> dict[str, object]:
+    """A room of the cluster: as :func:`room_json`, ``subscribers`` summed over the nodes,
+    plus its ``owner`` and its viewers on each node (``viewersByNode``)."""
+    return {
+        "name": room.name,
+        "hasPublisher": room.has_publisher,
+        "tracks": len(room.tracks),
+        "subscribers": room.subscribers,
+        "waiting": room.waiting,
+        "trackList": list(room.tracks),
+        "owner": {"node": room.owner.node, "worker": room.owner.worker},
+        "viewersByNode": dict(room.viewers),
+    }
+
+
 class RoomsListing:
     """``GET /api/rooms``: one ask to the directory, and the JSON rendered once per listing.
 
@@ -229,6 +275,16 @@ class RoomsListing:
         self._rendered: tuple[tuple[RoomInfo, ...], str] | None = None
 
     async def handle(self, request: web.Request) -> web.Response:
+        cluster = request.app.get(CLUSTER)
+        if cluster is not None:
+            try:
+                listed = await cluster.directory.rooms()
+            except ClusterUnavailableError:
+                log.warning(
+                    "listing this worker's rooms only: the cluster directory is unavailable"
+                )
+            else:
+                return web.json_response([cluster_room_json(room) for room in listed])
         rooms = await request.app[ROOMS].rooms()
         if self._rendered is None or self._rendered[0] is not rooms:
             self._rendered = (rooms, json.dumps([room_json(info) for info in rooms]))
@@ -263,6 +319,11 @@ async def admin_close_room(request: web.Request) -> web.Response:
     room = parse_room_name(request.match_info["room"])
     if room is None:
         return json_error(400, "invalid room name")
+    cluster = request.app.get(CLUSTER)
+    if cluster is not None:
+        routed = await cluster.route_room(request, room)
+        if routed is not None:  # another worker owns the room
+            return routed
     if not await request.app[ROOMS].close_room(room, EndReason.ADMIN_CLOSED):
         return json_error(404, "room not found")
     log.info("room closed by admin", room=room)

@@ -125,10 +125,34 @@ def _plain_token_admits(config: Config, token: str, room: str) -> bool:
     return room_match or bool(config.auth_token and same_secret(token, config.auth_token))
 
 
-def room_principal(config: Config, request: web.Request, room: str) -> Principal | None:
-    """Who may publish or play ``room`` with this request's credential; None if nobody."""
+#: Another worker or node of the cluster: ``Golive-Via: node/worker`` and, when
+#: ``CLUSTER_SECRET`` is set, ``Golive-Cluster: <CLUSTER_SECRET>``.
+VIA: Final = "Golive-Via"
+CLUSTER_CREDENTIAL: Final = "Golive-Cluster"
+CLUSTER: Final = Principal(identity=_digest("cluster", "golive"))
+
+
+def from_cluster(config: Config, request: web.Request) -> bool:
+    """The request comes from another worker or node of this cluster (a forwarded request or
+    a relay's pull): it carries ``Golive-Via`` and, when ``CLUSTER_SECRET`` is set, the secret.
+    (Without a secret, only possible where no credential is configured, the marker is
+    believed: everything is open there anyway.)"""
+    if not config.clustered or VIA not in request.headers:
+        return False
+    if not config.cluster_secret:
+        return True
+    return same_secret(request.headers.get(CLUSTER_CREDENTIAL, ""), config.cluster_secret)
+
+
+def room_principal(  # noqa: PLR0911  a credential of each kind
+    config: Config, request: web.Request, room: str
+) -> Principal | None:
+    """Who may publish or play ``room`` with this request's credential; None if nobody. A
+    relay's pull presents the cluster's secret instead of a client's credential."""
     if not client_auth_configured(config):
         return OPEN
+    if presented_token(request) is None and from_cluster(config, request):
+        return CLUSTER
     token = presented_token(request)
     if token is None:
         return None

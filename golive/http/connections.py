@@ -50,7 +50,7 @@ import logging
 import os
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Final
@@ -81,6 +81,7 @@ __all__ = [
     "GuardedRequestHandler",
     "HttpLimits",
     "Listener",
+    "bind",
     "connection_middleware",
     "listen",
 ]
@@ -488,9 +489,16 @@ async def listen(
     *,
     ssl_context: ssl.SSLContext | None = None,
     access_log: logging.Logger | None = ACCESS_LOG,
+    reuse_port: bool = False,
+    sockets: Sequence[socket.socket] = (),
 ) -> Listener:
     """Listen on ``host:port`` (every interface when ``host`` is None, as aiohttp's TCPSite)
-    for the app of ``runner`` (set up), each connection guarded by ``connections``."""
+    for the app of ``runner`` (set up), each connection guarded by ``connections``.
+
+    ``reuse_port``: bind with ``SO_REUSEPORT``, so that the workers of a node all listen on
+    the one public address and the kernel spreads connections over them. ``sockets``: more
+    listening sockets, already bound (:func:`bind`), served the same way (a worker's own
+    address); the listener closes them with its own."""
     loop = asyncio.get_running_loop()
     manager = runner.server
     assert manager is not None, "runner.setup() first"
@@ -500,25 +508,46 @@ async def listen(
             manager, connections, admission, loop=loop, access_log=access_log
         )
 
-    listener = Listener(await _bind(host, port), connections, protocol, ssl_context)
+    public = await bind(host, port, reuse_port=reuse_port)
+    listener = Listener([*public, *sockets], connections, protocol, ssl_context)
     listener.start()
     return listener
 
 
-async def _bind(host: str | None, port: int) -> list[socket.socket]:
+async def bind(host: str | None, port: int, *, reuse_port: bool = False) -> list[socket.socket]:
     """Listening sockets for ``host:port``, bound as :meth:`asyncio.loop.create_server` binds
     them: every address ``host`` resolves to (both families for None), IPv6 ones v6-only,
-    ``SO_REUSEADDR`` on."""
+    ``SO_REUSEADDR`` on. With ``reuse_port``, ``SO_REUSEPORT`` too, and with port 0 every
+    socket after the first gets the first one's port (one port for the node's workers)."""
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    addresses = [(family, address) for family, _, _, _, address in dict.fromkeys(infos)]
+    return bind_addresses(addresses, reuse_port=reuse_port, one_port=reuse_port)
+
+
+def bind_addresses(
+    addresses: Sequence[tuple[socket.AddressFamily, tuple[Any, ...]]],
+    *,
+    reuse_port: bool = False,
+    listen: bool = True,
+    one_port: bool = False,
+) -> list[socket.socket]:
+    """Stream sockets bound to ``addresses`` (families and ``getaddrinfo`` socket addresses),
+    listening unless ``listen`` is false (a port held for the workers, receiving nothing).
+    ``one_port``: where the port is 0, every socket after the first gets the first's port."""
     sockets: list[socket.socket] = []
+    chosen = 0
     try:
-        for family, kind, proto, _, address in dict.fromkeys(infos):
-            sock = socket.socket(family, kind, proto)
+        for family, address in addresses:
+            sock = socket.socket(family, socket.SOCK_STREAM)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if one_port and chosen and address[1] == 0:
+                address = (address[0], chosen, *address[2:])  # noqa: PLW2901  the same port everywhere
             try:
                 sock.bind(address)
             except OSError as exc:
@@ -526,7 +555,9 @@ async def _bind(host: str | None, port: int) -> list[socket.socket]:
                     exc.errno,
                     f"error while attempting to bind on address {address!r}: {exc.strerror}",
                 ) from None
-            sock.listen(BACKLOG)
+            chosen = chosen or sock.getsockname()[1]
+            if listen:
+                sock.listen(BACKLOG)
             sock.setblocking(False)
     except BaseException:
         for sock in sockets:

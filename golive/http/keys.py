@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from golive.cluster.identity import WorkerIdentity
+from golive.cluster.node import Cluster
 from golive.cluster.relay import Relays
 from golive.config import Config
 from golive.http.connections import Connections
@@ -25,3 +26,5 @@ CONNECTIONS = web.AppKey("connections", Connections)
 IDENTITY = web.AppKey("identity", WorkerIdentity)
 #: This worker's relays: rooms pulled from their owner elsewhere in the cluster.
 RELAYS = web.AppKey("relays", Relays)
+#: This worker's part in the cluster (only with REDIS_URL).
+CLUSTER = web.AppKey("cluster", Cluster)

@@ -379,6 +379,21 @@ _SCHEMAS: Final[dict[str, Any]] = {
                 "the cluster for viewers on this worker.",
             },
             "trackList": {"type": "array", "items": _ref("schemas", "Track")},
+            "owner": {
+                "type": "object",
+                "description": "In a cluster (REDIS_URL): the node and worker that own the room "
+                "(its publisher's). `subscribers` then counts every node's viewers.",
+                "required": ["node", "worker"],
+                "properties": {
+                    "node": {"type": "string", "description": "`host:port` of its NODE_URL."},
+                    "worker": {"type": "integer", "minimum": 0},
+                },
+            },
+            "viewersByNode": {
+                "type": "object",
+                "description": "In a cluster: the room's viewers on each node (`host:port`).",
+                "additionalProperties": {"type": "integer", "minimum": 0},
+            },
         },
     },
     "IceServer": {
@@ -424,6 +439,11 @@ _SCHEMAS: Final[dict[str, Any]] = {
                 "description": "RFC 3339, UTC, whole seconds: `2026-11-24T06:03:00Z`.",
             },
             "url": {"type": "string", "description": "`/records/{name}`."},
+            "node": {
+                "type": "string",
+                "description": "In a cluster: the node (`host:port`) whose disk holds it; any "
+                "node serves `url`.",
+            },
         },
     },
 }

@@ -48,6 +48,7 @@ from multidict import CIMultiDict
 from golive.config import Config
 from golive.http.auth import admin_allowed, unauthorized
 from golive.http.errors import Handler, json_error
+from golive.http.keys import CLUSTER
 from golive.recordings import RecordingFile, RecordingStore
 
 CONTENT_TYPES: Final = {
@@ -98,7 +99,14 @@ def _list(config: Config, store: RecordingStore) -> Handler:
         if refusal is not None:
             return refusal
         files = await asyncio.to_thread(store.files)
-        return web.json_response([record_json(record) for record in files])
+        listed = [record_json(record) for record in files]
+        cluster = request.app.get(CLUSTER)
+        if cluster is not None:  # every node's recordings, each marked with its node
+            for entry in listed:
+                entry["node"] = cluster.identity.node
+            listed.extend(await cluster.records(request))
+            listed.sort(key=lambda entry: str(entry["modTime"]), reverse=True)
+        return web.json_response(listed)
 
     return handler
 
@@ -172,6 +180,11 @@ def _serve(config: Config, store: RecordingStore) -> Handler:
         if refusal is not None:
             return refusal
         path = await asyncio.to_thread(store.find, request.match_info["name"])
+        cluster = request.app.get(CLUSTER)
+        if path is None and cluster is not None:  # another node's, maybe
+            elsewhere = await cluster.fetch_record(request)
+            if elsewhere is not None:
+                return elsewhere
         if path is None:
             return json_error(404, "recording not found")
         return RecordingResponse(

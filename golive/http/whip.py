@@ -15,13 +15,15 @@ from golive.actors.messages import (
     Refusal,
     Refused,
     Role,
+    RoomName,
     SessionId,
     parse_room_name,
 )
+from golive.cluster.directory import Claim
 from golive.config import Config
 from golive.http.auth import NotOwnerError, forbidden, owns, room_principal, unauthorized
 from golive.http.errors import Handler, json_error
-from golive.http.keys import LIMITS, MEDIA, METRICS, ROOMS
+from golive.http.keys import CLUSTER, LIMITS, MEDIA, METRICS, ROOMS
 from golive.http.limits import Busy
 from golive.http.turn import turn_credentials
 from golive.media.limits import LimitExceededError
@@ -117,29 +119,33 @@ def _post(role: Role, base: str, config: Config) -> Handler:
         offer = await _read_offer(request)
         if isinstance(offer, web.Response):
             return offer
-        hub = request.app[MEDIA]
+        cluster = request.app.get(CLUSTER)
+        claim: Claim | None = None
+        if cluster is not None:  # served here, or by the worker that holds the room
+            routed = await (
+                cluster.route_publish(request, room, offer.encode())
+                if role is Role.PUBLISHER
+                else cluster.route_play(request, room, offer.encode())
+            )
+            if isinstance(routed, web.Response):
+                return routed
+            if isinstance(routed, Refused):
+                return refusal_response(routed.reason)
+            claim = routed
+        result: Answered | Refused | web.Response = Refused(Refusal.NO_PUBLISHER)
         try:
-            with request.app[LIMITS].negotiation(len(request.app[ROOMS].registry)):
-                if role is Role.PUBLISHER:
-                    result = await hub.publish(room, offer)
-                else:
-                    result = await hub.play(room, offer)
-        except Busy as busy:
-            request.app[METRICS].join_refusals.labels(role.value, busy.reason).inc()
-            log.warning("offer refused: overloaded", room=room, role=role.value, why=busy.reason)
-            return busy.response
-        except LimitExceededError as exc:
-            request.app[METRICS].join_refusals.labels(role.value, "offer_too_large").inc()
-            log.info("offer refused: over a limit", room=room, role=role.value, problem=str(exc))
-            return json_error(413, f"offer too large: {exc}")
-        except InvalidOfferError as exc:
-            log.info("offer refused", room=room, role=role.value, problem=str(exc))
-            return json_error(400, "invalid SDP")
+            result = await _negotiate(request, role, room, offer)
+        finally:
+            if cluster is not None and claim is not None:
+                await cluster.published(room, claim, answered=isinstance(result, Answered))
+        if isinstance(result, web.Response):
+            return result
         if isinstance(result, Refused):
             return refusal_response(result.reason)
-        assert isinstance(result, Answered)
         peer = result.session
         peer.owner = principal.identity
+        if cluster is not None and role is Role.SUBSCRIBER:
+            cluster.played(request, room, peer.session)
         response = web.Response(
             status=201,
             body=result.answer.encode(),
@@ -153,6 +159,29 @@ def _post(role: Role, base: str, config: Config) -> Handler:
         return response
 
     return post
+
+
+async def _negotiate(
+    request: web.Request, role: Role, room: RoomName, offer: str
+) -> Answered | Refused | web.Response:
+    """Answer the offer here: the answer, a refusal, or the error response to send."""
+    hub = request.app[MEDIA]
+    try:
+        with request.app[LIMITS].negotiation(len(request.app[ROOMS].registry)):
+            if role is Role.PUBLISHER:
+                return await hub.publish(room, offer)
+            return await hub.play(room, offer)
+    except Busy as busy:
+        request.app[METRICS].join_refusals.labels(role.value, busy.reason).inc()
+        log.warning("offer refused: overloaded", room=room, role=role.value, why=busy.reason)
+        return busy.response
+    except LimitExceededError as exc:
+        request.app[METRICS].join_refusals.labels(role.value, "offer_too_large").inc()
+        log.info("offer refused: over a limit", room=room, role=role.value, problem=str(exc))
+        return json_error(413, f"offer too large: {exc}")
+    except InvalidOfferError as exc:
+        log.info("offer refused", room=room, role=role.value, problem=str(exc))
+        return json_error(400, "invalid SDP")
 
 
 async def _read_offer(request: web.Request) -> str | web.Response:
@@ -183,6 +212,13 @@ async def read_body(request: web.Request) -> bytes | web.Response:
     return b"".join(chunks)
 
 
+async def _route_session(request: web.Request) -> web.Response | None:
+    cluster = request.app.get(CLUSTER)
+    if cluster is None:
+        return None
+    return await cluster.route_session(request, request.match_info["session"])
+
+
 def _session(request: web.Request, role: Role) -> PeerSession | None:
     peer = request.app[MEDIA].session(SessionId(request.match_info["session"]))
     if peer is None or peer.role is not role or peer.room != request.match_info["room"]:
@@ -205,6 +241,9 @@ def _owned_session(request: web.Request, role: Role, config: Config) -> PeerSess
 
 def _patch(role: Role, config: Config) -> Handler:
     async def patch(request: web.Request) -> web.StreamResponse:  # noqa: PLR0911  an outcome each
+        routed = await _route_session(request)
+        if routed is not None:  # another worker holds the session
+            return routed
         peer = _owned_session(request, role, config)
         if isinstance(peer, web.Response):
             return peer
@@ -232,6 +271,9 @@ def _patch(role: Role, config: Config) -> Handler:
 
 def _delete(role: Role, config: Config) -> Handler:
     async def delete(request: web.Request) -> web.StreamResponse:
+        routed = await _route_session(request)
+        if routed is not None:  # another worker holds the session
+            return routed
         peer = _owned_session(request, role, config)
         if isinstance(peer, web.Response):
             return peer
@@ -245,6 +287,9 @@ def _delete(role: Role, config: Config) -> Handler:
 
 def _get(role: Role, config: Config) -> Handler:
     async def get(request: web.Request) -> web.StreamResponse:
+        routed = await _route_session(request)
+        if routed is not None:  # another worker holds the session
+            return routed
         peer = _owned_session(request, role, config)
         if isinstance(peer, web.Response):
             return peer

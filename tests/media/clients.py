@@ -44,6 +44,7 @@ class Answer:
     etag: str
     links: list[str]
     body: bytes
+    worker: str = ""  # a cluster's worker that answered (Golive-Worker)
 
 
 async def post_offer(
@@ -66,6 +67,7 @@ async def post_offer(
             etag=response.headers.get("ETag", ""),
             links=response.headers.getall("Link", []),
             body=body,
+            worker=response.headers.get("Golive-Worker", ""),
         )
     if answer.status == 201:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer.sdp, type="answer"))
