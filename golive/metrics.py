@@ -118,6 +118,11 @@ class Metrics:
     http_connections_refused: Counter  # golive_http_connections_refused_total
     http_connections_timed_out: Counter  # golive_http_connections_timed_out_total{reason}
     http_accept_failures: Counter  # golive_http_accept_failures_total
+    # relays (golive/cluster/relay.py): rooms pulled from their owner for viewers here
+    relays: Gauge  # golive_relays
+    relays_started: Counter  # golive_relays_started_total
+    relays_ended: Counter  # golive_relays_ended_total{reason}
+    relay_pulls_failed: Counter  # golive_relay_pulls_failed_total{reason}
     # WORKERS > 1: what a worker samples for the node (actors, GC); None otherwise
     sampler: WorkerSampler | None = None
 
@@ -519,6 +524,29 @@ def _metrics(
         http_accept_failures=Counter(
             "golive_http_accept_failures",
             "Connections the server could not accept: out of file descriptors (or memory).",
+            registry=registry,
+        ),
+        relays=Gauge(
+            "golive_relays",
+            "Relay rooms live here: rooms pulled from their owner elsewhere in the cluster.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        ),
+        relays_started=Counter(
+            "golive_relays_started", "Relay rooms that went live here.", registry=registry
+        ),
+        relays_ended=Counter(
+            "golive_relays_ended",
+            "Relay rooms ended, by reason (the origin's, origin_gone, relay_idle, shutdown...).",
+            ["reason"],
+            registry=registry,
+        ),
+        relay_pulls_failed=Counter(
+            "golive_relay_pulls_failed",
+            "Pulls of a room from its owner that failed, by reason (no_publisher: the owner "
+            "has none; unavailable: unreachable, 5xx, timed out or an unusable answer; "
+            "room_taken: the name is taken here).",
+            ["reason"],
             registry=registry,
         ),
     )

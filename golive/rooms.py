@@ -28,6 +28,7 @@ from golive.actors.messages import (
     EndAllRooms,
     EndReason,
     EndRoom,
+    HoldRelay,
     JoinSubscriber,
     LeaveSubscriber,
     PeerConnected,
@@ -84,13 +85,18 @@ class RoomService:
     # -- publish ------------------------------------------------------------------------------
 
     async def publish(
-        self, room: RoomName, endpoint: SessionEndpoint, *, replaces: SessionId | None = None
+        self,
+        room: RoomName,
+        endpoint: SessionEndpoint,
+        *,
+        replaces: SessionId | None = None,
+        relay: bool = False,
     ) -> PublisherClaimed | Refused:
         """Claim ``room`` for a new publisher (pending until :meth:`publisher_ready`), or take
         it over: from a publisher that vanished, or from ``replaces``, its publisher, gone
-        silent."""
+        silent. ``relay``: the publisher is a relay pulling the room from its owner."""
         session = self._new_session_id()
-        claim = ClaimPublisher(room, session, replaces, self._tracing.carrier())
+        claim = ClaimPublisher(room, session, replaces, self._tracing.carrier(), relay=relay)
         try:
             reply = await reply_of(self._directory.claim_publisher(claim), self._timeout)
         except TimeoutError:
@@ -130,6 +136,12 @@ class RoomService:
         self._directory.end_room(
             EndRoom(room, EndReason.PUBLISH_FAILED, session, self._tracing.carrier())
         )
+
+    async def hold_relay(self, room: RoomName, publisher: SessionId) -> bool:
+        """A viewer is about to join the relay room ``room`` pulled by ``publisher``: True if
+        that relay is still there (kept for the viewer: an idle one waits for it anew)."""
+        hold = HoldRelay(room, publisher, self._tracing.carrier())
+        return await reply_of(self._directory.hold_relay(hold), self._timeout)
 
     # -- play ---------------------------------------------------------------------------------
 

@@ -167,6 +167,7 @@ async def test_rooms_lists_live_rooms_the_go_live_way(client: Client) -> None:
             "tracks": 1,  # Go-Live's shape: a count
             "subscribers": 1,
             "waiting": False,
+            "relay": False,
             "trackList": [{"id": "v", "kind": "video", "codec": "video/VP8"}],
         }
     ]

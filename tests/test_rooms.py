@@ -56,6 +56,7 @@ class Room:
             "tracks": len(self.tracks),
             "subscribers": len(self.viewers),
             "waiting": False,
+            "relay": False,
             "trackList": [
                 {"id": t.track_id, "kind": t.kind.value, "codec": t.codec} for t in self.tracks
             ],

@@ -13,6 +13,13 @@ has gone live, when reconnects are allowed (``PUBLISHER_RECONNECT_SECONDS``): th
 tracks and its viewers are the new publisher's) or the window passes. A claim may also take
 over a live room whose publisher the loop saw go silent (``ClaimPublisher.replaces``).
 
+A *relay* room (``ClaimPublisher.relay``) is pulled from its owner elsewhere in the cluster
+for viewers here (``golive/cluster/relay.py``); its "publisher" is that pull. It never waits
+for a publisher: its transport to the origin failing ends it as ``origin_gone``. It is never
+taken over. Once it has no viewer it waits ``RELAY_GRACE_SECONDS`` for one (a new relay, or
+one held for a viewer about to join, at least :data:`RELAY_JOIN_SECONDS`), then ends
+(``relay_idle``).
+
 It also holds what each room shows in ``GET /api/rooms``: a room tells it every change
 (:class:`RoomChanged`), so listing every room is one ask to the directory, whatever the number
 of rooms, and a busy or stalled room delays no listing.
@@ -37,12 +44,14 @@ from golive.actors.messages import (
     EndAllRooms,
     EndReason,
     EndRoom,
+    HoldRelay,
     PublisherClaimed,
     PublisherGone,
     PublisherLost,
     ReconnectExpired,
     Refusal,
     Refused,
+    RelayIdle,
     Role,
     RoomChanged,
     RoomCrashed,
@@ -55,10 +64,16 @@ from golive.actors.messages import (
 from golive.actors.ports import LoopPort
 from golive.actors.recorder import RecordingSettings
 from golive.actors.room import RoomActor
+from golive.config import DEFAULT_RELAY_GRACE_SECONDS
 from golive.metrics import Metrics
 from golive.tracing import Tracing
 
 H = TypeVar("H")
+
+#: How long a relay room waits for its first viewer (a new one, or one held for a viewer
+#: about to join), at least: the viewer's join comes right after, but RELAY_GRACE_SECONDS may
+#: be 0 (an idle relay ends at once).
+RELAY_JOIN_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +83,7 @@ class DirectoryEntry(Generic[H]):
     info: RoomInfo  # what the room last reported of itself
     waiting: bool = False  # the publisher is gone: the room waits for a takeover
     taken_over: bool = False  # a publisher has taken the room over at least once
+    relay: bool = False  # the publisher is a relay, pulling the room from its owner
 
     @property
     def has_audience(self) -> bool:
@@ -75,9 +91,9 @@ class DirectoryEntry(Generic[H]):
         return bool(self.info.tracks)
 
 
-def claimed(room: RoomName) -> RoomInfo:
+def claimed(room: RoomName, *, relay: bool = False) -> RoomInfo:
     """What a room shows from its claim until its first report: a publisher, nothing else."""
-    return RoomInfo(name=room, has_publisher=True, tracks=(), subscribers=0)
+    return RoomInfo(name=room, has_publisher=True, tracks=(), subscribers=0, relay=relay)
 
 
 @dataclass(slots=True)
@@ -93,29 +109,36 @@ class DirectoryState(Generic[H]):
         default=None, init=False, repr=False, compare=False
     )
 
-    def can_claim(self, room: RoomName, replaces: SessionId | None = None) -> Refusal | None:
+    def can_claim(
+        self, room: RoomName, replaces: SessionId | None = None, *, relay: bool = False
+    ) -> Refusal | None:
         """None if ``room`` is free or may be taken over (see :meth:`takes_over`)."""
         if not self.accepting:
             return Refusal.SHUTTING_DOWN
         entry = self.rooms.get(room)
-        if entry is None or self.takes_over(room, replaces):
+        if entry is None or self.takes_over(room, replaces, relay=relay):
             return None
         return Refusal.ROOM_TAKEN
 
-    def takes_over(self, room: RoomName, replaces: SessionId | None = None) -> bool:
+    def takes_over(
+        self, room: RoomName, replaces: SessionId | None = None, *, relay: bool = False
+    ) -> bool:
         """A claim on ``room`` is a takeover: the room waits for a publisher, or the claimant
-        saw its live publisher (``replaces``) go silent."""
+        saw its live publisher (``replaces``) go silent. A relay neither takes a room over
+        nor is taken over."""
         entry = self.rooms.get(room)
-        if entry is None or not self.accepting:
+        if entry is None or not self.accepting or relay or entry.relay:
             return False
         return entry.waiting or (
             self.reconnect and entry.has_audience and replaces == entry.publisher
         )
 
-    def add(self, room: RoomName, publisher: SessionId, handle: H) -> None:
-        if room in self.rooms or self.can_claim(room) is not None:
+    def add(self, room: RoomName, publisher: SessionId, handle: H, *, relay: bool = False) -> None:
+        if room in self.rooms or self.can_claim(room, relay=relay) is not None:
             raise ValueError(f"room {room} cannot be claimed")
-        self.rooms[room] = DirectoryEntry(publisher, handle, claimed(room))
+        self.rooms[room] = DirectoryEntry(
+            publisher, handle, claimed(room, relay=relay), relay=relay
+        )
         self._listing = None
 
     def take_over(self, room: RoomName, publisher: SessionId) -> DirectoryEntry[H]:
@@ -131,7 +154,7 @@ class DirectoryState(Generic[H]):
         or an earlier one did); False if it must end (or is gone). A first publisher that
         never connected ends its room: its viewers never got anything to keep."""
         entry = self.rooms.get(room)
-        if entry is None or entry.publisher != publisher or entry.waiting:
+        if entry is None or entry.publisher != publisher or entry.waiting or entry.relay:
             return False
         if not (self.reconnect and self.accepting and entry.has_audience):
             return False
@@ -140,6 +163,28 @@ class DirectoryState(Generic[H]):
         self.rooms[room] = replace(entry, waiting=True)
         self._listing = None
         return True
+
+    def lost_reason(self, room: RoomName, reason: EndReason) -> EndReason:
+        """Why a room whose publisher's transport ended (``reason``) ends: a relay's ends
+        because its origin is gone (else the origin would have said why, see
+        ``Relays.end``)."""
+        entry = self.rooms.get(room)
+        return EndReason.ORIGIN_GONE if entry is not None and entry.relay else reason
+
+    def is_relay(self, room: RoomName, publisher: SessionId) -> bool:
+        """``room`` is the relay room pulled by ``publisher``."""
+        entry = self.rooms.get(room)
+        return entry is not None and entry.relay and entry.publisher == publisher
+
+    def relay_idle(self, room: RoomName, publisher: SessionId | None = None) -> bool:
+        """``room`` is a relay room (pulled by ``publisher``, when given) that is live and has
+        no viewer: it waits for one, then ends."""
+        entry = self.rooms.get(room)
+        if entry is None or not entry.relay:
+            return False
+        if publisher is not None and entry.publisher != publisher:
+            return False
+        return entry.has_audience and entry.info.subscribers == 0
 
     def remove(
         self, room: RoomName, publisher: SessionId | None = None
@@ -197,6 +242,7 @@ class DirectoryActor(GoliveActor):
         recording: RecordingSettings | None = None,
         tracing: Tracing | None = None,
         reconnect_seconds: float = 0.0,
+        relay_grace_seconds: float = DEFAULT_RELAY_GRACE_SECONDS,
     ) -> None:
         super().__init__(tracing)
         self._recording = recording
@@ -205,6 +251,8 @@ class DirectoryActor(GoliveActor):
         )
         self._reconnect_seconds = reconnect_seconds
         self._deadlines: dict[RoomName, threading.Timer] = {}  # waiting rooms' windows
+        self._relay_grace_seconds = relay_grace_seconds
+        self._idle: dict[RoomName, threading.Timer] = {}  # idle relay rooms' waits
         self._port = port
         self._metrics = metrics
         self._max_subscribers = max_subscribers
@@ -217,12 +265,12 @@ class DirectoryActor(GoliveActor):
         span = trace.get_current_span()
         session = message.session
         span.set_attributes({"golive.room": message.room, "golive.session": session})
-        refusal = self._state.can_claim(message.room, message.replaces)
+        refusal = self._state.can_claim(message.room, message.replaces, relay=message.relay)
         if refusal is not None:
             self._metrics.join_refusals.labels(Role.PUBLISHER.value, refusal.value).inc()
             span.set_attribute("golive.refusal", refusal.value)
             return Refused(refusal)
-        if self._state.takes_over(message.room, message.replaces):
+        if self._state.takes_over(message.room, message.replaces, relay=message.relay):
             return self._take_over(message.room, session)
         ref = RoomActor.start(
             message.room,
@@ -234,8 +282,9 @@ class DirectoryActor(GoliveActor):
             stop_timeout=self._stop_timeout,
             recording=self._recording,
             tracing=self.tracing,
+            relay=message.relay,
         )
-        self._state.add(message.room, session, ref)
+        self._state.add(message.room, session, ref, relay=message.relay)
         self._metrics.sessions.labels(Role.PUBLISHER.value).inc()
         self._count_rooms()
         return PublisherClaimed(message.room, session, ref)
@@ -255,8 +304,9 @@ class DirectoryActor(GoliveActor):
     def publisher_lost(self, message: PublisherLost) -> Done | RoomEnding | Refused:
         """The publisher's transport ended without a DELETE: its room waits for another
         publisher (:class:`Done`) or ends, as :meth:`end_room`."""
+        reason = self._state.lost_reason(message.room, message.reason)
         return self._lose_or_end(
-            message.room, message.publisher, message.reason, connected=message.connected
+            message.room, message.publisher, reason, connected=message.connected
         )
 
     def _lose_or_end(
@@ -284,9 +334,49 @@ class DirectoryActor(GoliveActor):
         return Done()
 
     def _cancel_deadline(self, room: RoomName) -> None:
-        timer = self._deadlines.pop(room, None)
-        if timer is not None:
-            timer.cancel()
+        for timers in (self._deadlines, self._idle):
+            timer = timers.pop(room, None)
+            if timer is not None:
+                timer.cancel()
+
+    # -- relay rooms ----------------------------------------------------------------------------
+
+    @guarded
+    @traced("directory.hold_relay")
+    def hold_relay(self, message: HoldRelay) -> bool:
+        """A viewer is about to join a relay room: True if that relay is still there (an idle
+        one waits for the viewer anew, at least :data:`RELAY_JOIN_SECONDS`)."""
+        if not self._state.is_relay(message.room, message.publisher):
+            return False
+        if self._state.relay_idle(message.room):
+            self._wait_for_viewer(message.room, message.publisher, first=True)
+        return True
+
+    def _relay_changed(self, room: RoomName, *, was_idle: bool, was_live: bool) -> None:
+        """A relay room reported a change: once it has no viewer it waits for one (its first:
+        at least :data:`RELAY_JOIN_SECONDS`; another: ``RELAY_GRACE_SECONDS``); a viewer
+        joining ends the wait."""
+        entry = self._state.rooms.get(room)
+        if entry is None or not entry.relay:
+            return
+        if not self._state.relay_idle(room):
+            timer = self._idle.pop(room, None)
+            if timer is not None:
+                timer.cancel()
+        elif not was_idle:
+            self._wait_for_viewer(room, entry.publisher, first=not was_live)
+
+    def _wait_for_viewer(self, room: RoomName, publisher: SessionId, *, first: bool) -> None:
+        seconds = self._relay_grace_seconds
+        if first:
+            seconds = max(seconds, RELAY_JOIN_SECONDS)
+        timer = threading.Timer(seconds, tell_quietly, (self.actor_ref, RelayIdle(room, publisher)))
+        timer.daemon = True
+        previous = self._idle.pop(room, None)
+        if previous is not None:
+            previous.cancel()
+        self._idle[room] = timer
+        timer.start()
 
     @guarded
     @traced("directory.end_room")
@@ -336,7 +426,15 @@ class DirectoryActor(GoliveActor):
     def handle(self, message: Any) -> None:
         match message:
             case RoomChanged(publisher=publisher, info=info):
-                self._state.room_changed(publisher, info)
+                entry = self._state.rooms.get(info.name)
+                was_idle = self._state.relay_idle(info.name, publisher)
+                was_live = entry is not None and entry.has_audience
+                if self._state.room_changed(publisher, info):
+                    self._relay_changed(info.name, was_idle=was_idle, was_live=was_live)
+            case RelayIdle(room=room, publisher=publisher):
+                if self._state.relay_idle(room, publisher):
+                    self._log.info("relay room kept no viewer; ending it", room=room)
+                    self._end_room(room, EndReason.RELAY_IDLE, publisher)
             case ReconnectExpired(room=room, publisher=publisher):
                 entry = self._state.rooms.get(room)
                 if entry is not None and entry.waiting and entry.publisher == publisher:
@@ -390,6 +488,7 @@ class DirectoryProxy(ActorMemberMixin, pykka.ActorProxy[DirectoryActor]):
     publisher_lost = proxy_method(DirectoryActor.publisher_lost)
     end_room = proxy_method(DirectoryActor.end_room)
     end_all = proxy_method(DirectoryActor.end_all)
+    hold_relay = proxy_method(DirectoryActor.hold_relay)
     lookup = proxy_method(DirectoryActor.lookup)
     rooms = proxy_method(DirectoryActor.rooms)
     listing = proxy_method(DirectoryActor.listing)

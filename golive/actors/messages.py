@@ -71,6 +71,7 @@ class EndReason(StrEnum):
     PUBLISHER_GONE = "publisher_gone"  # the publisher vanished and no one took over in time
     CODEC_CHANGED = "codec_changed"  # the new publisher's codec is not the viewer's
     ORIGIN_GONE = "origin_gone"  # a relayed room's owner (node or worker) vanished
+    RELAY_IDLE = "relay_idle"  # a relay room kept no viewer for RELAY_GRACE_SECONDS
 
 
 class RoutePhase(StrEnum):
@@ -152,6 +153,7 @@ class RoomInfo:
     tracks: tuple[TrackInfo, ...]
     subscribers: int
     waiting: bool = False  # its publisher vanished; viewers stay until one takes over
+    relay: bool = False  # a relay room: pulled from its owner elsewhere in the cluster
 
 
 # --- directory commands (asked) and replies -------------------------------------------------
@@ -166,6 +168,20 @@ class ClaimPublisher:
     room: RoomName
     session: SessionId
     replaces: SessionId | None = None
+    trace: TraceCarrier = ()
+    # The "publisher" is a relay: golive pulling the room from its owner elsewhere in the
+    # cluster. A relay room never records, never waits for a publisher, is never taken
+    # over, and ends once it has kept no viewer for RELAY_GRACE_SECONDS.
+    relay: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HoldRelay:
+    """A viewer is about to join the relay room ``room`` pulled by ``publisher``: keep it
+    (an idle one waits for the viewer anew). Answered True if that relay is still there."""
+
+    room: RoomName
+    publisher: SessionId
     trace: TraceCarrier = ()
 
 
@@ -323,6 +339,15 @@ class PublisherGone:
 @dataclass(frozen=True, slots=True)
 class ReconnectExpired:
     """A waiting room's reconnect window passed (timer → directory)."""
+
+    room: RoomName
+    publisher: SessionId
+
+
+@dataclass(frozen=True, slots=True)
+class RelayIdle:
+    """A relay room's wait for a viewer passed (timer → directory): it ends if it is still
+    that relay and still has no viewer."""
 
     room: RoomName
     publisher: SessionId

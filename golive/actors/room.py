@@ -85,6 +85,7 @@ class RoomState:
     subscribers: set[SessionId] = field(default_factory=set)
     ended: EndReason | None = None
     reported: RoomInfo | None = None  # what the directory was last told of the room
+    relay: bool = False  # its publisher is a relay pulling the room from its owner
 
     def go_live(self, session: SessionId, tracks: tuple[TrackInfo, ...]) -> Refusal | None:
         """The publisher's offer was answered with these tracks."""
@@ -156,6 +157,7 @@ class RoomState:
             tracks=self.tracks,
             subscribers=len(self.subscribers),
             waiting=waiting,
+            relay=self.relay,
         )
 
     def report(self) -> RoomInfo | None:
@@ -183,10 +185,14 @@ class RoomActor(GoliveActor):
         stop_timeout: float,
         recording: RecordingSettings | None = None,
         tracing: Tracing | None = None,
+        relay: bool = False,
     ) -> None:
         super().__init__(tracing)
-        self._state = RoomState(name=name, publisher=publisher, max_subscribers=max_subscribers)
-        self._recording = recording
+        self._state = RoomState(
+            name=name, publisher=publisher, max_subscribers=max_subscribers, relay=relay
+        )
+        # A relay room never records: the room's owner does.
+        self._recording = None if relay else recording
         self._recorders: dict[TrackId, pykka.ActorRef[Any]] = {}
         self._directory = directory
         self._port = port
@@ -201,7 +207,12 @@ class RoomActor(GoliveActor):
 
     def on_start(self) -> None:
         self._metrics.subscribers.labels(self._state.name).set(0)
-        self._log.info("room created", session=self._state.publisher, role=Role.PUBLISHER.value)
+        self._log.info(
+            "room created",
+            session=self._state.publisher,
+            role=Role.PUBLISHER.value,
+            relay=self._state.relay,
+        )
 
     # -- asked --------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from golive.actors.directory import DirectoryActor, DirectoryProxy, directory_pr
 from golive.actors.ports import LoopPort
 from golive.actors.recorder import RecordingSettings, recover_interrupted
 from golive.actors.uploader import RetryPolicy, S3Target, UploaderActor
-from golive.config import Config
+from golive.config import DEFAULT_RELAY_GRACE_SECONDS, Config
 from golive.metrics import Metrics
 from golive.recordings import JOURNAL_DIR, RecordingStore
 from golive.tracing import Tracing
@@ -68,6 +68,11 @@ class ActorSystem:
             tracing=self._tracing,
             reconnect_seconds=(
                 0.0 if self._config is None else self._config.publisher_reconnect_seconds
+            ),
+            relay_grace_seconds=(
+                DEFAULT_RELAY_GRACE_SECONDS
+                if self._config is None
+                else self._config.relay_grace_seconds
             ),
         )
         self._started.append(ref)

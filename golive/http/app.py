@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import ipaddress
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import structlog
 from aiohttp import web
@@ -22,8 +22,15 @@ from golive.actors.system import ActorSystem
 from golive.cluster.directory import ClusterRoom, ClusterUnavailableError
 from golive.cluster.identity import WorkerIdentity
 from golive.cluster.node import Cluster
+from golive.cluster.relay import Relays
 from golive.config import Config
-from golive.http.auth import admin_allowed, client_auth_configured, unauthorized
+from golive.http.auth import (
+    CLUSTER_CREDENTIAL,
+    VIA,
+    admin_allowed,
+    client_auth_configured,
+    unauthorized,
+)
 from golive.http.connections import Connections, HttpLimits, connection_middleware
 from golive.http.cors import cors_middleware
 from golive.http.debug import add_routes as add_debug_routes
@@ -36,6 +43,7 @@ from golive.http.keys import (
     LIMITS,
     MEDIA,
     METRICS,
+    RELAYS,
     ROOMS,
     TRACING,
 )
@@ -99,6 +107,7 @@ def create_app(
     )
     app.cleanup_ctx.append(_tracing)  # first in, last out: spans of the shutdown are exported
     app.cleanup_ctx.append(_actors)
+    app.cleanup_ctx.append(_relays)  # (ended before the actors stop)
     app.cleanup_ctx.append(_loop_lag)
     app.router.add_get("/healthz", healthz)
     # prometheus-client's own handler: the text format or OpenMetrics by the scraper's
@@ -163,6 +172,33 @@ async def _actors(app: web.Application) -> AsyncIterator[None]:
         log.info("rooms ended and actors stopped")
 
 
+async def _relays(app: web.Application) -> AsyncIterator[None]:
+    """The worker's relays (rooms pulled from their owner elsewhere in the cluster); at
+    shutdown each leaves its origin before the actors end every room."""
+    identity = app.get(IDENTITY)
+    secret = app[CONFIG].cluster_secret
+    headers: dict[str, str] = {}
+    if identity is not None:  # a pull is served where it lands (Via), by the owner
+        headers[VIA] = headers["Golive-Relay"] = identity.name
+    if secret:
+        headers[CLUSTER_CREDENTIAL] = secret
+
+    def relay_headers() -> Mapping[str, str]:
+        return headers
+
+    app[RELAYS] = Relays(
+        app[MEDIA],
+        app[ROOMS],
+        metrics=app[METRICS],
+        headers=relay_headers,
+        timeout=app[CONFIG].actor_timeout_seconds,
+    )
+    try:
+        yield
+    finally:
+        await app[RELAYS].close()
+
+
 async def _tracing(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
@@ -197,13 +233,15 @@ async def healthz(_request: web.Request) -> web.Response:
 
 def room_json(info: RoomInfo) -> dict[str, object]:
     """A room as Go-Live lists it (``tracks`` is a count), plus golive's ``waiting`` (its
-    publisher vanished; viewers stay until another takes over) and ``trackList``."""
+    publisher vanished; viewers stay until another takes over), ``relay`` (the room is
+    pulled from its owner elsewhere in the cluster) and ``trackList``."""
     return {
         "name": info.name,
         "hasPublisher": info.has_publisher,
         "tracks": len(info.tracks),
         "subscribers": info.subscribers,
         "waiting": info.waiting,
+        "relay": info.relay,
         "trackList": [
             {"id": t.track_id, "kind": t.kind.value, "codec": t.codec} for t in info.tracks
         ],

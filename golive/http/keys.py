@@ -6,6 +6,7 @@ from aiohttp import web
 
 from golive.cluster.identity import WorkerIdentity
 from golive.cluster.node import Cluster
+from golive.cluster.relay import Relays
 from golive.config import Config
 from golive.http.connections import Connections
 from golive.http.limits import AdmissionLimits
@@ -23,5 +24,7 @@ TRACING = web.AppKey("tracing", Tracing)
 CONNECTIONS = web.AppKey("connections", Connections)
 #: This worker in its cluster (only with REDIS_URL).
 IDENTITY = web.AppKey("identity", WorkerIdentity)
+#: This worker's relays: rooms pulled from their owner elsewhere in the cluster.
+RELAYS = web.AppKey("relays", Relays)
 #: This worker's part in the cluster (only with REDIS_URL).
 CLUSTER = web.AppKey("cluster", Cluster)

@@ -353,7 +353,15 @@ _SCHEMAS: Final[dict[str, Any]] = {
     },
     "Room": {
         "type": "object",
-        "required": ["name", "hasPublisher", "tracks", "subscribers", "waiting", "trackList"],
+        "required": [
+            "name",
+            "hasPublisher",
+            "tracks",
+            "subscribers",
+            "waiting",
+            "relay",
+            "trackList",
+        ],
         "properties": {
             "name": {"type": "string", "pattern": _ROOM_PATTERN},
             "hasPublisher": {"type": "boolean"},
@@ -364,6 +372,11 @@ _SCHEMAS: Final[dict[str, Any]] = {
                 "description": "The publisher vanished without a DELETE: the viewers stay "
                 "connected until a new publisher takes the room over, for at most "
                 "PUBLISHER_RECONNECT_SECONDS.",
+            },
+            "relay": {
+                "type": "boolean",
+                "description": "The room is relayed here: pulled from its owner elsewhere in "
+                "the cluster for viewers on this worker.",
             },
             "trackList": {"type": "array", "items": _ref("schemas", "Track")},
             "owner": {

@@ -6,6 +6,10 @@ track, answers a viewer's offer with only the codecs it offered that match the p
 (``sendonly``), connects each viewer's senders to the taps once DTLS is up, and turns the
 peer connections' state changes into events for the actors. It decides nothing about rooms:
 admission and the end of sessions are the actors', through :class:`RoomService`.
+
+It is also the offerer side of a relay (:meth:`MediaHub.pull`): golive pulling a room from its
+owner elsewhere in the cluster over WHEP, the answer's tracks feeding a local relay room's
+:class:`PublishedTrack`s exactly as a publisher's do.
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from aiortc import RTCConfiguration, RTCSessionDescription
+from aiortc import RTCBundlePolicy, RTCConfiguration, RTCSessionDescription
 from aiortc.codecs import is_rtx
 from aiortc.exceptions import InvalidAccessError, OperationError
 from aiortc.rtcpeerconnection import is_codec_compatible
@@ -76,6 +81,10 @@ class InvalidOfferError(ValueError):
 PUBLISHER_SILENCE_SECONDS = 2.0
 
 
+class InvalidAnswerError(ValueError):
+    """A relay's origin answered its offer with SDP golive cannot use (or with no track)."""
+
+
 class IceRestartError(ValueError):
     """A trickle fragment carries ICE credentials the session does not have: a restart."""
 
@@ -115,6 +124,7 @@ class PeerSession:
     candidates: int = 0  # ICE candidates given so far, in the offer and trickled
     deadline: asyncio.TimerHandle | None = None  # ends the session if it never connects
     span: Span = trace.INVALID_SPAN  # the session's span, from its offer to its end
+    on_end: Callable[[EndReason], None] | None = None  # told the session's end (a relay's)
 
     def age(self) -> float:
         """Seconds since the session's offer arrived, for the logs of its story."""
@@ -151,6 +161,11 @@ class PeerSession:
             self.span.set_status(Status(StatusCode.ERROR, reason.value))
         self.span.end()
         self.hub.closed(self)
+        if self.on_end is not None:
+            try:
+                self.on_end(reason)
+            except Exception:
+                log.exception("a session's end handler failed", session=self.session)
 
 
 @dataclass(frozen=True, slots=True)
@@ -548,6 +563,92 @@ class MediaHub:
                 first_keyframe=lambda track: peer.tell("first keyframe sent", track=track),
             )
 
+    # -- relay: golive as a WHEP client --------------------------------------------------------
+
+    async def pull(
+        self,
+        room: RoomName,
+        fetch: Callable[[str], Awaitable[str | Refused]],
+        *,
+        kinds: Sequence[str] = ("video", "audio"),
+    ) -> PeerSession | Refused:
+        """Pull ``room`` from its owner into a local relay room, golive being the offerer:
+        one ``recvonly`` section per kind of ``kinds``, offering every codec golive forwards;
+        ``fetch`` hands the offer to the owner (a WHEP POST) and returns its answer, or why it
+        refused. The room is claimed first, as a relay (refused if the name is taken here);
+        each track of the answer feeds a :class:`PublishedTrack` exactly as a publisher's
+        does, and the room goes live with them. Returns the relay's session once the room is
+        live (media flows once it connects). Whatever fails or is refused ends the room
+        (``publish_failed``): nothing is left behind; the exception (``fetch``'s own, or
+        :class:`InvalidAnswerError` for an answer golive cannot use) is the caller's."""
+        pc = ForwardingPeerConnection(
+            RTCConfiguration(
+                iceServers=self._configuration.iceServers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE
+            ),
+            guard=self._guard,
+        )
+        for kind in kinds:
+            pc.addTransceiver(kind, direction="recvonly")
+        claimed = await self._admit(Role.PUBLISHER, room, None, relay=pc)
+        if isinstance(claimed, Refused):
+            return claimed
+        peer, _ = claimed
+        try:
+            feeds = await self._offer_relay(peer, fetch)
+        except Exception:
+            await self._rooms.leave(peer.session, EndReason.PUBLISH_FAILED)
+            raise
+        except BaseException:  # cancelled: undone once the directory gets to it
+            self._rooms.abandon_publisher(room, peer.session)
+            raise
+        if isinstance(feeds, Refused) or peer.ended is not None:
+            await self._rooms.leave(peer.session, EndReason.PUBLISH_FAILED)
+            return feeds if isinstance(feeds, Refused) else Refused(Refusal.UNKNOWN_SESSION)
+        made = [self._new_track(peer, feed) for feed in feeds]
+        self._room_taps[room] = list(made)
+        try:
+            ready = await self._rooms.publisher_ready(peer.session, tuple(f.info for f in feeds))
+        except BaseException:
+            self._close_tracks(made)
+            self._rooms.abandon_publisher(room, peer.session)
+            raise
+        if not isinstance(ready, Done):  # ended meanwhile (admin close, shutdown)
+            self._close_tracks(made)
+            return ready
+        peer.taps = made
+        self._watch(peer)
+        peer.tell("relay answered")
+        return peer
+
+    async def _offer_relay(
+        self, peer: PeerSession, fetch: Callable[[str], Awaitable[str | Refused]]
+    ) -> list[Feed] | Refused:
+        """Make the relay's offer, have it answered, and name a track for each section the
+        answer sends (its first codec: the one the owner forwards)."""
+        pc = peer.pc
+        await pc.setLocalDescription(await pc.createOffer())
+        answer = await fetch(pc.localDescription.sdp)
+        if isinstance(answer, Refused):
+            return answer
+        if not answer.startswith("v=0"):
+            raise InvalidAnswerError("an SDP answer starts with v=0")
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        except Exception as exc:  # aiortc's parser asserts, and raises anything on garbage
+            raise InvalidAnswerError(f"answer refused: {type(exc).__name__}: {exc}") from exc
+        feeds: list[Feed] = []
+        for transceiver in pc.getTransceivers():
+            codecs = [c for c in transceiver._codecs if not is_rtx(c)]  # noqa: SLF001  as answered
+            if transceiver.currentDirection != "recvonly" or not codecs or not transceiver.mid:
+                continue
+            codec = codecs[0]
+            info = TrackInfo(TrackId(transceiver.mid), MediaKind(transceiver.kind), codec.mimeType)
+            assert isinstance(transceiver.receiver, ForwardingReceiver)
+            feeds.append(Feed(info, codec, transceiver.receiver))
+        if not feeds:
+            raise InvalidAnswerError("the answer sends no track")
+        return feeds
+
     # -- trickle ICE --------------------------------------------------------------------------
 
     async def trickle(self, peer: PeerSession, fragment: str) -> None:
@@ -570,15 +671,23 @@ class MediaHub:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def _admit(
-        self, role: Role, room: RoomName, offer: SessionDescription
+        self,
+        role: Role,
+        room: RoomName,
+        offer: SessionDescription | None,
+        *,
+        relay: ForwardingPeerConnection | None = None,
     ) -> tuple[PeerSession, bool] | Refused:
         """Ask the actors to admit a new session of ``role`` (before any negotiation); with
-        whether it takes the room over (a publisher)."""
-        pc = ForwardingPeerConnection(self._configuration, guard=self._guard)
+        whether it takes the room over (a publisher). ``relay``: the session is a relay's
+        (a publisher pulling the room from its owner), on this peer connection."""
+        pc = relay or ForwardingPeerConnection(self._configuration, guard=self._guard)
         peer = PeerSession(self, role, room, pc)
         reply: PublisherClaimed | SubscriberAdmitted | Refused
         try:
-            if role is Role.PUBLISHER:
+            if relay is not None:
+                reply = await self._rooms.publish(room, peer, relay=True)
+            elif role is Role.PUBLISHER:
                 reply = await self._rooms.publish(room, peer, replaces=self._gone_publisher(room))
             else:
                 reply = await self._rooms.subscribe(room, peer)
@@ -589,10 +698,12 @@ class MediaHub:
             self._tasks.spawn(peer.pc.close())
             return reply
         peer.session = reply.session
-        peer.candidates = sum(len(media.ice_candidates) for media in offer.media)
+        if offer is not None:
+            peer.candidates = sum(len(media.ice_candidates) for media in offer.media)
+        name = "relay" if relay is not None else "whip" if role is Role.PUBLISHER else "whep"
         # A child of the request's span, outliving it: the session's story is told on it.
         peer.span = self._tracing.start_session(
-            f"{'whip' if role is Role.PUBLISHER else 'whep'} session",
+            f"{name} session",
             peer.created_ns,
             {"golive.room": room, "golive.session": peer.session, "golive.role": role.value},
         )

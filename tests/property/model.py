@@ -2,6 +2,10 @@
 system against it.
 
 The model is deliberately naive (sets and dicts, no phases but what a viewer can see).
+Relay rooms (a room pulled from its owner elsewhere in the cluster, its "publisher" the pull)
+are rooms too: claimed by a relay, watched by viewers, ended by their origin (with its reason),
+by their own transport failing (``origin_gone``) or by a rule that fires the wait of one left
+without viewers (``relay_idle``), as a rule fires the reconnect window of a waiting room.
 :class:`LifecycleMachine` holds the rules and invariants; a subclass plugs in the system under
 test: the pure state classes (``test_pure_lifecycle.py``) or the running actors behind the
 real HTTP server (``test_actor_lifecycle.py``).
@@ -80,6 +84,7 @@ class ModelRoom:
     waiting: bool = False  # its publisher vanished: viewers kept until a takeover
     taking_over: bool = False  # a new publisher took it over, its offer not answered yet
     taken_over: bool = False  # a publisher has taken it over at least once
+    relay: bool = False  # a relay room: its publisher is a relay pulling it from its owner
 
     @property
     def live(self) -> bool:
@@ -102,6 +107,7 @@ class Observed:
     sessions: dict[SessionId, tuple[RoomName, Role]]
     routes: dict[SessionId, dict[TrackId, RoutePhase]]
     phases: dict[SessionId, SubscriberPhase]
+    relays: frozenset[RoomName] = frozenset()  # the rooms listed as relay rooms
 
 
 # Examples and steps each machine ran in this process, printed at the end of `make test`.
@@ -115,6 +121,7 @@ class LifecycleMachine(RuleBasedStateMachine):
     name: ClassVar[str] = "lifecycle"
     publishers = Bundle("publishers")
     viewers = Bundle("viewers")
+    relays = Bundle("relays")  # the relays' sessions (each its relay room's publisher)
 
     def __init__(self) -> None:
         super().__init__()
@@ -127,6 +134,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         # Every ended room's publisher, and what its room showed when it ended.
         self.ended_rooms: list[tuple[SessionId, RoomInfo]] = []
         self.waits: list[tuple[RoomName, SessionId]] = []  # every room that waited, and for whom
+        self.relayed: list[tuple[RoomName, SessionId]] = []  # every relay room, and its relay
         RUNS[self.name, "examples"] += 1
 
     # -- the system under test (subclasses) ---------------------------------------------------
@@ -172,6 +180,26 @@ class LifecycleMachine(RuleBasedStateMachine):
     def admin_close(self, room: RoomName) -> bool:
         raise NotImplementedError
 
+    def relay(self, room: RoomName, tracks: tuple[TrackInfo, ...]) -> SessionId | Refusal:
+        """A relay claims ``room`` and goes live with the origin's ``tracks`` (``ensure``)."""
+        raise NotImplementedError
+
+    def hold_relay(self, room: RoomName, relay: SessionId) -> bool:
+        """A viewer is about to join the relay room: True if that relay is still there."""
+        raise NotImplementedError
+
+    def origin_ends(self, relay: SessionId, reason: EndReason) -> bool:
+        """The relay's origin room ended (``Relays.end``); False if the relay was gone."""
+        raise NotImplementedError
+
+    def relay_transport_fails(self, relay: SessionId) -> None:
+        """The relay's own connection to its origin fails."""
+        raise NotImplementedError
+
+    def relay_idle_expires(self, room: RoomName, relay: SessionId) -> None:
+        """The wait of ``room``, a relay room left without viewers, passes."""
+        raise NotImplementedError
+
     def late_report(self, publisher: SessionId, info: RoomInfo) -> None:
         """Deliver a room's report to the directory after that room has ended."""
         raise NotImplementedError
@@ -208,7 +236,11 @@ class LifecycleMachine(RuleBasedStateMachine):
         room = self.model.pop(name)
         self.closed[room.publisher] = reason
         shown = RoomInfo(
-            name, has_publisher=True, tracks=room.tracks, subscribers=len(room.subscribers)
+            name,
+            has_publisher=True,
+            tracks=room.tracks,
+            subscribers=len(room.subscribers),
+            relay=room.relay,
         )
         self.ended_rooms.append((room.publisher, shown))
         for viewer in room.subscribers:
@@ -271,8 +303,10 @@ class LifecycleMachine(RuleBasedStateMachine):
         model = self.model.get(room)
         if model is not None:
             # A room that has gone live may be taken over: waiting, or from its publisher
-            # the claimant saw go silent.
-            takeover = model.waiting or (replaces == model.publisher and bool(model.tracks))
+            # the claimant saw go silent. Never a relay room.
+            takeover = not model.relay and (
+                model.waiting or (replaces == model.publisher and bool(model.tracks))
+            )
             if not takeover:
                 assert result == Refusal.ROOM_TAKEN, result
                 return multiple()
@@ -392,6 +426,72 @@ class LifecycleMachine(RuleBasedStateMachine):
         if room is not None and room.waiting and room.publisher == publisher:
             self.end_room(name, EndReason.PUBLISHER_GONE)
 
+    # -- relay rooms --------------------------------------------------------------------------
+
+    @rule(target=relays, room=rooms, tracks=track_lists())
+    def relay_rule(self, room: RoomName, tracks: tuple[TrackInfo, ...]) -> object:
+        """A relay pulls ``room`` here: the name must be free (a relay takes nothing over)."""
+        self.step(f"a relay pulls {room} with {[t.kind.value for t in tracks]}")
+        result = self.relay(room, tracks)
+        if room in self.model:
+            assert result == Refusal.ROOM_TAKEN, result
+            return multiple()
+        assert not isinstance(result, Refusal), result
+        self.model[room] = ModelRoom(publisher=result, tracks=tracks, relay=True)
+        self.relayed.append((room, result))
+        RUNS[self.name, "relay rooms"] += 1
+        return result
+
+    @rule(session=relays)
+    def hold_relay_rule(self, session: SessionId) -> None:
+        name = self.room_of_publisher(session)
+        room = name or next((r for r, s in self.relayed if s == session), ROOM_NAMES[0])
+        self.step(f"relay {session[:6]} of {room} is held for a viewer")
+        assert self.hold_relay(room, session) == (name is not None)
+
+    @rule(
+        session=consumes(relays),
+        reason=st.sampled_from(
+            [
+                EndReason.PUBLISHER_LEFT,
+                EndReason.ADMIN_CLOSED,
+                EndReason.PUBLISHER_GONE,
+                EndReason.PUBLISH_FAILED,
+                EndReason.ROOM_FAILED,
+            ]
+        ),
+    )
+    def origin_ends_rule(self, session: SessionId, reason: EndReason) -> None:
+        """The origin's room ended: the relay room ends, its viewers with the origin's reason."""
+        self.step(f"the origin of relay {session[:6]} ends its room ({reason.value})")
+        name = self.room_of_publisher(session)
+        assert self.origin_ends(session, reason) == (name is not None)
+        if name is not None:
+            RUNS[self.name, "relay rooms ended by their origin"] += 1
+            self.end_room(name, reason)
+
+    @rule(session=consumes(relays))
+    def relay_transport_fails_rule(self, session: SessionId) -> None:
+        self.step(f"relay {session[:6]} loses its connection to its origin")
+        name = self.room_of_publisher(session)
+        self.relay_transport_fails(session)
+        if name is not None:
+            RUNS[self.name, "relay rooms whose origin went away"] += 1
+            self.end_room(name, EndReason.ORIGIN_GONE)
+
+    @precondition(lambda self: bool(self.relayed))
+    @rule(data=st.data())
+    def relay_idle_expires_rule(self, data: st.DataObject) -> None:
+        """A relay room's wait for a viewer passes: it ends if it is still that relay's and
+        still has no viewer; else nothing changes."""
+        name, relay = data.draw(st.sampled_from(self.relayed))
+        self.step(f"the wait of relay room {name} (relay {relay[:6]}) for a viewer passes")
+        self.relay_idle_expires(name, relay)
+        room = self.model.get(name)
+        if room is not None and room.publisher == relay and not room.subscribers:
+            RUNS[self.name, "idle relay rooms ended"] += 1
+            self.end_room(name, EndReason.RELAY_IDLE)
+
     @rule(target=viewers, data=st.data(), choices=st.lists(picks, min_size=1, max_size=4))
     def subscribe_rule(self, data: st.DataObject, choices: list[frozenset[int] | None]) -> object:
         # Mostly rooms that exist, so that viewers do get in; sometimes any name.
@@ -480,6 +580,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         seen = self.observe()
         # A room exists exactly while it has a publisher; viewer counts within the limit.
         assert set(seen.rooms) == set(self.model), (seen.rooms, self.model)
+        assert seen.relays == {n for n, r in self.model.items() if r.relay}, seen.relays
         for name, room in self.model.items():
             tracks, subscribers = seen.rooms[name]
             assert tracks == len(room.tracks), (name, tracks, room.tracks)

@@ -30,6 +30,7 @@ from golive.actors.messages import (
     ReconnectExpired,
     Refusal,
     Refused,
+    RelayIdle,
     Role,
     RoomChanged,
     RoomInfo,
@@ -60,8 +61,10 @@ class ActorLifecycle(LifecycleMachine):
             {
                 "MAX_SUBS_PER_ROOM": str(limit),
                 "ACTOR_TIMEOUT_SECONDS": str(TIMEOUT),
-                # Windows pass when a rule says so (reconnect_expires), never by the clock.
+                # Windows pass when a rule says so (reconnect_expires, relay_idle_expires),
+                # never by the clock.
                 "PUBLISHER_RECONNECT_SECONDS": "3600",
+                "RELAY_GRACE_SECONDS": "3600",
             }
         )
         self.server = ServerThread(config).start()
@@ -181,6 +184,36 @@ class ActorLifecycle(LifecycleMachine):
         assert status == 200, status
         return True
 
+    def relay(self, room: RoomName, tracks: tuple[TrackInfo, ...]) -> SessionId | Refusal:
+        endpoint = ProbeEndpoint(f"relay of {room}")
+        reply = self.server.run(self.server.rooms.publish(room, endpoint, relay=True))
+        if isinstance(reply, Refused):
+            return reply.reason
+        assert isinstance(reply, PublisherClaimed)
+        assert not reply.takeover
+        self.endpoints[reply.session] = endpoint
+        ready = self.server.run(self.server.rooms.publisher_ready(reply.session, tracks))
+        assert isinstance(ready, Done), ready
+        self.settle()
+        return reply.session
+
+    def hold_relay(self, room: RoomName, relay: SessionId) -> bool:
+        held: bool = self.server.run(self.server.rooms.hold_relay(room, relay))
+        self.settle()
+        return held
+
+    def origin_ends(self, relay: SessionId, reason: EndReason) -> bool:
+        reply = self.server.run(self.server.rooms.leave(relay, reason))  # (Relays.end)
+        self.settle()
+        return isinstance(reply, Done)
+
+    def relay_transport_fails(self, relay: SessionId) -> None:
+        self.publisher_vanishes(relay, connected=True)
+
+    def relay_idle_expires(self, room: RoomName, relay: SessionId) -> None:
+        self.server.rooms._directory.actor_ref.tell(RelayIdle(room, relay))
+        self.settle()
+
     @rule(room=rooms)
     def room_crashes_rule(self, room: RoomName) -> None:
         """A room's actor dies of a bug: that room ends, its sessions close, others go on."""
@@ -216,6 +249,7 @@ class ActorLifecycle(LifecycleMachine):
         status, body = self.server.get("/api/rooms")
         assert status == 200
         listed = {r["name"]: (r["tracks"], r["subscribers"]) for r in json.loads(body)}
+        relays = frozenset(r["name"] for r in json.loads(body) if r["relay"])
         assert all(r["hasPublisher"] != r["waiting"] for r in json.loads(body))
         records = self.records()
         sessions = {r.session: (r.room, r.role) for r in records}
@@ -235,7 +269,7 @@ class ActorLifecycle(LifecycleMachine):
             for r in records
             if r.role is Role.SUBSCRIBER and r.actor is not None
         }
-        return Observed(listed, sessions, routes, phases)
+        return Observed(listed, sessions, routes, phases, relays)
 
     def _deliver_probe_packets(self) -> None:
         """Forward one probe 'packet' per track the way the packet path resolves targets."""

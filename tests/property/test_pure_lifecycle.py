@@ -106,7 +106,42 @@ class PureLifecycle(LifecycleMachine):
     def publisher_vanishes(self, session: SessionId, *, connected: bool) -> None:
         name = self._published_by(session)
         if name is not None:
-            self._lose(name, session, EndReason.ICE_FAILED, connected=connected)
+            reason = self.directory.lost_reason(name, EndReason.ICE_FAILED)
+            self._lose(name, session, reason, connected=connected)
+
+    def relay(self, room: RoomName, tracks: tuple[TrackInfo, ...]) -> SessionId | Refusal:
+        refusal = self.directory.can_claim(room, relay=True)
+        if refusal is not None:
+            return refusal
+        session = new_session_id()
+        state = RoomState(room, session, self.max_subscribers, relay=True)
+        self.directory.add(room, session, state, relay=True)
+        assert self.go_live(session, tracks) is None
+        return session
+
+    def hold_relay(self, room: RoomName, relay: SessionId) -> bool:
+        return self.directory.is_relay(room, relay)
+
+    def origin_ends(self, relay: SessionId, reason: EndReason) -> bool:
+        name = self._published_by(relay)
+        if name is None:
+            return False
+        if reason is EndReason.PUBLISH_FAILED:  # (as the directory's end_room: never waits)
+            self._lose(name, relay, reason, connected=False)
+            return True
+        entry = self.directory.remove(name, relay)
+        assert not isinstance(entry, Refusal)
+        self._end(name, entry.room, reason)
+        return True
+
+    def relay_transport_fails(self, relay: SessionId) -> None:
+        self.publisher_vanishes(relay, connected=True)
+
+    def relay_idle_expires(self, room: RoomName, relay: SessionId) -> None:
+        if self.directory.relay_idle(room, relay):
+            removed = self.directory.remove(room, relay)
+            assert not isinstance(removed, Refusal)
+            self._end(room, removed.room, EndReason.RELAY_IDLE)
 
     def reconnect_expires(self, room: RoomName, publisher: SessionId) -> None:
         entry = self.directory.rooms.get(room)
@@ -213,7 +248,8 @@ class PureLifecycle(LifecycleMachine):
             for session, phase in fanout.routes.items():
                 routes.setdefault(session, {})[track] = phase
         phases = {s: viewer.phase for s, (_, viewer) in self.subs.items()}
-        return Observed(rooms, sessions, routes, phases)
+        relays = frozenset(info.name for info in self.directory.listing() if info.relay)
+        return Observed(rooms, sessions, routes, phases, relays)
 
     def check_extra(self) -> None:
         for session, viewer in self.ended_subs.items():
