@@ -28,6 +28,7 @@ from golive.actors.messages import EndReason, Refused, RoomInfo, RoomName, Sessi
 from golive.cluster.directory import Claim, ClusterDirectory, ClusterUnavailableError
 from golive.cluster.forward import Forwarder
 from golive.cluster.identity import WorkerIdentity, tag_of
+from golive.cluster.relay import RelayUnavailableError
 from golive.config import Config
 from golive.http.auth import from_cluster
 from golive.http.errors import json_error
@@ -40,10 +41,6 @@ log = structlog.get_logger(__name__)
 RELAY_HEADER = "Golive-Relay"
 #: A claim that has not become a room here within this long is released by the heartbeat.
 PENDING_CLAIM_SECONDS = 30.0
-
-
-class RelayUnavailableError(Exception):
-    """The room's owner could not be reached to relay it (a 503)."""
 
 
 class RelayPort(Protocol):

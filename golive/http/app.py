@@ -166,9 +166,11 @@ async def _actors(app: web.Application) -> AsyncIterator[None]:
             await app[ROOMS].shutdown(EndReason.SHUTDOWN)
             await app[MEDIA].shutdown()
         finally:
-            await asyncio.to_thread(system.stop)
+            # The rooms are released in Redis and the lease dropped while the actors that
+            # the heartbeat lists still run.
             if identity is not None:
                 await app[CLUSTER].close()
+            await asyncio.to_thread(system.stop)
         log.info("rooms ended and actors stopped")
 
 
@@ -193,6 +195,8 @@ async def _relays(app: web.Application) -> AsyncIterator[None]:
         headers=relay_headers,
         timeout=app[CONFIG].actor_timeout_seconds,
     )
+    if CLUSTER in app:  # a viewer of a room owned elsewhere is served from a relay here
+        app[CLUSTER].relays = app[RELAYS]
     try:
         yield
     finally:

@@ -77,6 +77,10 @@ class InvalidOfferError(ValueError):
     Any other exception while an offer is answered is golive's (500)."""
 
 
+#: How long a relay whose link to the room's owner closed waits for the owner's news of the
+#: room's end (and its reason) before it ends as the link's failure (``origin_gone``).
+RELAY_ORIGIN_NEWS_SECONDS = 1.0
+
 #: A publisher that sent nothing for this long may be taken over by a new one.
 PUBLISHER_SILENCE_SECONDS = 2.0
 
@@ -754,6 +758,13 @@ class MediaHub:
                         asyncio.get_running_loop().time() - peer.created
                     )
                 self._rooms.peer_connected(peer.session)
+            elif state in ("failed", "closed") and peer.on_end is not None:
+                # A relay's link to the room's owner: when the owner ended the room, its
+                # reason comes through the cluster a moment after the link closes; the
+                # relay ends with it, and only without it as the link's failure.
+                asyncio.get_running_loop().call_later(
+                    RELAY_ORIGIN_NEWS_SECONDS, self._relay_link_lost, peer
+                )
             elif state in ("failed", "closed"):
                 self._rooms.peer_failed(
                     peer.session,
@@ -763,6 +774,12 @@ class MediaHub:
 
         if pc.connectionState == "failed":  # (it failed while its offer was being answered)
             on_state()
+
+    def _relay_link_lost(self, peer: PeerSession) -> None:
+        if peer.ended is None:
+            self._rooms.peer_failed(
+                peer.session, peer.transport_end or EndReason.ICE_FAILED, connected=peer.connected
+            )
 
     def _never_connected(self, peer: PeerSession) -> None:
         """The session is still not connected, its deadline passed: end it as an ICE failure

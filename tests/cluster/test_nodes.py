@@ -55,7 +55,7 @@ async def test_three_nodes_share_rooms(cluster: Cluster) -> None:
         async def listed() -> bool:
             for node in (a, b, c):
                 room = (await rooms_of(node)).get("stage")
-                if room is None or room["viewersByNode"] != {b.name: 1, c.name: 1}:
+                if room is None or room["viewersByNode"] != {a.name: 0, b.name: 1, c.name: 1}:
                     return False
             return True
 
@@ -85,6 +85,13 @@ async def test_three_nodes_share_rooms(cluster: Cluster) -> None:
             what="C's viewer ended with the room",
             seconds=DEADLINE,
         )
+        # ...with the room's reason, which the owner told the relays through Redis.
+        ended = [
+            e["reason"]
+            for e in c.events()
+            if e["event"] == "session ended" and e.get("role") == "subscriber"
+        ]
+        assert ended == ["publisher_left"], ended
     finally:
         await close_all(publisher, *viewers)
 
