@@ -234,3 +234,54 @@ async def test_one_room_viewed_on_both_workers_of_a_node(cluster: Cluster) -> No
         )
     finally:
         await close_all(publisher, *viewers)
+
+
+async def test_admin_close_and_trickle_through_any_node(cluster: Cluster) -> None:
+    # An admin credential is configured: the nodes present CLUSTER_SECRET to each other.
+    secured = {"ADMIN_TOKEN": "operator", "CLUSTER_SECRET": "between-nodes"}
+    a = cluster.start("127.0.0.1", **secured)
+    b = cluster.start("127.0.0.2", **secured)
+    publisher = await publish(a.url, "closing")
+    viewer = await view(b.url, "closing")
+    try:
+        assert viewer.answer.status == 201, viewer.answer.body
+        await asyncio.wait_for(viewer.got_video.wait(), DEADLINE)
+        # A trickle PATCH of B's viewer, sent to A: forwarded to B, which holds the session.
+        fragment = "a=ice-ufrag:x\r\na=end-of-candidates\r\n"
+        ufrag = next(
+            line.split(":", 1)[1]
+            for line in viewer.pc.localDescription.sdp.splitlines()
+            if line.startswith("a=ice-ufrag:")
+        )
+        async with aiohttp.ClientSession() as http:
+            async with http.patch(
+                a.url + viewer.answer.location,
+                data=fragment.replace("x", ufrag),
+                headers={
+                    "Content-Type": "application/trickle-ice-sdpfrag",
+                    "If-Match": viewer.answer.etag,
+                },
+            ) as response:
+                assert response.status == 204, await response.text()
+                assert response.headers["Golive-Worker"] == f"{b.name}/0"
+            # Admin close sent to B: forwarded to A, the owner.
+            async with http.post(
+                b.url + "/api/admin/rooms/closing/close",
+                headers={"Authorization": "Bearer operator"},
+            ) as response:
+                assert response.status == 200, await response.text()
+                assert await response.json() == {"room": "closing", "closed": True}
+                assert response.headers["Golive-Worker"] == f"{a.name}/0"
+        await eventually(
+            lambda: viewer.pc.connectionState in ("closed", "failed"),
+            what="the relayed viewer ended with the room",
+            seconds=DEADLINE,
+        )
+        ended = [
+            e["reason"]
+            for e in b.events()
+            if e["event"] == "session ended" and e.get("role") == "subscriber"
+        ]
+        assert ended == ["admin_closed"], ended
+    finally:
+        await close_all(publisher, viewer)
