@@ -382,14 +382,8 @@ class MediaHub:
         made = [] if takeover else [self._new_track(peer, feed) for feed in feeds]
         if made:
             self._room_taps[room] = list(made)
-        try:
-            ready = await self._rooms.publisher_ready(peer.session, tracks, changed)
-        except BaseException:
-            self._close_tracks(made)
-            self._rooms.abandon_publisher(room, peer.session)
-            raise
+        ready = await self._go_live(peer, made, tracks, changed)
         if not isinstance(ready, Done):  # ended meanwhile (admin close, shutdown)
-            self._close_tracks(made)
             return ready
         if takeover:
             for feed in feeds:
@@ -408,6 +402,25 @@ class MediaHub:
         self._watch(peer)
         peer.tell("session answered")
         return Answered(peer, answer)
+
+    async def _go_live(
+        self,
+        peer: PeerSession,
+        made: list[PublishedTrack],
+        tracks: tuple[TrackInfo, ...],
+        changed: frozenset[TrackId] = frozenset(),
+    ) -> Done | Refused:
+        """Tell the room its publisher (or relay) was answered: it goes live with ``tracks``.
+        ``made``, the tracks made for it, are closed unless it does; a timeout is undone."""
+        try:
+            ready = await self._rooms.publisher_ready(peer.session, tracks, changed)
+        except BaseException:
+            self._close_tracks(made)
+            self._rooms.abandon_publisher(peer.room, peer.session)
+            raise
+        if not isinstance(ready, Done):
+            self._close_tracks(made)
+        return ready
 
     def _new_track(self, peer: PeerSession, feed: Feed) -> PublishedTrack:
         return PublishedTrack(
@@ -610,14 +623,8 @@ class MediaHub:
             return feeds if isinstance(feeds, Refused) else Refused(Refusal.UNKNOWN_SESSION)
         made = [self._new_track(peer, feed) for feed in feeds]
         self._room_taps[room] = list(made)
-        try:
-            ready = await self._rooms.publisher_ready(peer.session, tuple(f.info for f in feeds))
-        except BaseException:
-            self._close_tracks(made)
-            self._rooms.abandon_publisher(room, peer.session)
-            raise
+        ready = await self._go_live(peer, made, tuple(f.info for f in feeds))
         if not isinstance(ready, Done):  # ended meanwhile (admin close, shutdown)
-            self._close_tracks(made)
             return ready
         peer.taps = made
         self._watch(peer)
