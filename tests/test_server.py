@@ -8,6 +8,7 @@ its test whatever happened.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import queue
@@ -24,6 +25,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, TypeAlias
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -135,7 +137,7 @@ class Golive:
     def request(
         self, method: str, path: str, headers: Mapping[str, str] | None = None
     ) -> tuple[int, str, str]:
-        assert self.url.startswith("http://127.0.0.1:")
+        assert ipaddress.ip_address(urlsplit(self.url).hostname or "").is_loopback, self.url
         request = urllib.request.Request(  # noqa: S310  a loopback URL built here
             self.url + path, method=method, headers=dict(headers or {})
         )

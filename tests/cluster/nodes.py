@@ -50,19 +50,6 @@ class Node(Golive):
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310  loopback
             return json.loads(response.read())
 
-    def request(
-        self, method: str, path: str, headers: Mapping[str, str] | None = None
-    ) -> tuple[int, str, str]:
-        request = urllib.request.Request(  # noqa: S310  a loopback URL built here
-            self.url + path, method=method, headers=dict(headers or {})
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310  loopback
-                return response.status, response.headers["Content-Type"], response.read().decode()
-        except urllib.error.HTTPError as error:
-            with error:
-                return error.code, error.headers["Content-Type"], error.read().decode()
-
     def events(self) -> list[dict[str, Any]]:
         """Its log lines so far, parsed."""
         while not self._eof and not self._lines.empty():
