@@ -286,7 +286,12 @@ async def test_no_reconnect_window_ends_the_room_at_once(no_wait_server: ServerT
     server = no_wait_server
     async with vanished(server):
         await eventually(lambda: listing(server) == [], what="the room to end")
-        assert server.call(lambda: len(server.rooms.registry)) == 0
+        # (its sessions close on the loop just after the room is unlisted)
+        await eventually(
+            lambda: server.call(lambda: len(server.rooms.registry)) == 0,
+            what="every session of the room closed",
+            seconds=5,
+        )
         assert samples(server).get(("golive_publisher_takeovers_total", ()), 0) == 0
 
 
