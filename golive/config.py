@@ -540,8 +540,8 @@ class Config:
     node_url: str = ""  # how other nodes reach this one; derived from a concrete HTTP_ADDR
     workers: int = 1
     cluster_secret: str = field(default="", repr=False)
-    # The port of worker i's own listener (nodes and workers reach it): CLUSTER_PORT + i, or
-    # any free port when 0.
+    # The port of worker i's own listener, where HTTP_ADDR listens, reached at NODE_URL's host
+    # (by the other nodes and workers): CLUSTER_PORT + i, or any free port when 0.
     cluster_port: int = 0
     relay_grace_seconds: float = DEFAULT_RELAY_GRACE_SECONDS
 

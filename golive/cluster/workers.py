@@ -15,10 +15,10 @@ fork of a running loop) with these internal variables in its environment:
 - ``HTTP_ADDR``: the supervisor's, with the port it holds (the one ``:0`` chose).
 
 Every worker listens on the public address with ``SO_REUSEPORT`` (the kernel spreads the
-connections over them) and on its own address, on ``NODE_URL``'s host at ``CLUSTER_PORT`` + i
-(a free port when ``CLUSTER_PORT`` is 0): its ``WorkerIdentity.url``, where other workers
-and nodes reach it. The workers run in their own session: a terminal's Ctrl-C reaches the
-supervisor only, which forwards it.
+connections over them) and on its own port, ``CLUSTER_PORT`` + i (a free port when
+``CLUSTER_PORT`` is 0), where ``HTTP_ADDR`` listens; advertised at ``NODE_URL``'s host, that
+is its ``WorkerIdentity.url``, where other workers and nodes reach it. The workers run in
+their own session: a terminal's Ctrl-C reaches the supervisor only, which forwards it.
 
 The supervisor forwards SIGTERM and SIGINT to every worker (a second one too: the workers
 then exit at once, status 1) and waits for them for ``SHUTDOWN_TIMEOUT_SECONDS`` plus
@@ -133,7 +133,11 @@ def prepare_worker(
     parts = urlsplit(node_url)
     host = parts.hostname or ""
     port = config.cluster_port + worker if config.cluster_port else 0
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    # Bound where HTTP_ADDR listens (every interface for ":8080"), advertised at NODE_URL's
+    # host: behind NAT or in a container NODE_URL names an address this machine may not have.
+    infos = socket.getaddrinfo(
+        config.http_host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
     addresses = [(family, address) for family, _, _, _, address in dict.fromkeys(infos)]
     sockets = bind_addresses(addresses, one_port=True)
     shown = f"[{host}]" if ":" in host else host

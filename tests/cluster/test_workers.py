@@ -239,6 +239,23 @@ def test_two_workers_serve_the_public_address_and_each_its_own(
     assert node.stop() == 0
 
 
+def test_workers_listen_where_http_addr_does_and_are_named_at_node_url(
+    start_node: StartNode, redis_server: RedisServer
+) -> None:
+    """Behind NAT or in a container NODE_URL names an address this machine does not have:
+    each worker's own port is bound where HTTP_ADDR listens and advertised at NODE_URL's
+    host (a name that resolves nowhere here: binding there would fail)."""
+    node = start_node(cluster_env(redis_server, NODE_URL="http://golive-a.invalid:8080"))
+    listening = node.listening(2)
+    for record in listening:
+        url = record["worker_url"]
+        assert isinstance(url, str)
+        assert url.startswith("http://golive-a.invalid:"), url
+        port = url.rsplit(":", 1)[1]
+        assert worker_of(f"127.0.0.1:{port}") == f"golive-a.invalid:8080/{record['worker']}"
+    assert node.stop() == 0
+
+
 def test_metrics_on_any_worker_are_the_nodes(
     start_node: StartNode, redis_server: RedisServer
 ) -> None:
