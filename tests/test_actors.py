@@ -472,3 +472,33 @@ async def test_a_barrier_through_an_actor_that_ended_by_itself_returns() -> None
     lost: CallbackFuture[None] = CallbackFuture()
     ref.ask = lambda *_, **__: lost  # type: ignore[method-assign]  # queued, unanswered
     await asyncio.wait_for(barrier(ref, 30), 10)
+
+
+@pytest.mark.asyncio
+async def test_a_barrier_given_up_leaves_no_unretrieved_failure() -> None:
+    """A barrier whose caller is cancelled (a client gone mid-request) while the actor dies:
+    the ask then fails with ActorDeadError, and that failure is nobody's error (the open
+    fuzz saw asyncio log "Task exception was never retrieved")."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    try:
+        ref = Echo.start()
+        lost: CallbackFuture[None] = CallbackFuture()
+        ref.ask = lambda *_, **__: lost  # type: ignore[method-assign]  # answered below
+        waiting = asyncio.ensure_future(barrier(ref, 30))
+        await asyncio.sleep(0)  # (the barrier has asked and waits)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        lost.set_exception((pykka.ActorDeadError, pykka.ActorDeadError("gone"), None))
+        del ref.ask  # (its own again, to stop it)
+        ref.stop(block=True)
+        await eventually(lambda: len(asyncio.all_tasks()) == 1, what="the reply task done")
+        import gc  # noqa: PLC0415  the "never retrieved" report comes when the task is freed
+
+        gc.collect()
+        await asyncio.sleep(0)
+        assert reported == []
+    finally:
+        loop.set_exception_handler(None)

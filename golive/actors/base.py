@@ -185,6 +185,10 @@ async def barrier(ref: pykka.ActorRef[Any], timeout: float) -> None:  # noqa: AS
         reply = asyncio.ensure_future(reply_of(ref.ask(Barrier(), block=False), timeout))
     except pykka.ActorDeadError:
         return
+    # Its outcome is looked at below, unless this wait ends first (the actor ended, or the
+    # caller was cancelled): a reply that then fails (ActorDeadError as the cancel lands) is
+    # nobody's error, not "a task exception never retrieved".
+    reply.add_done_callback(_looked_at)
     while not reply.done():
         await asyncio.wait({reply}, timeout=STOP_POLL_SECONDS)
         if not reply.done() and ended(ref):
@@ -192,6 +196,11 @@ async def barrier(ref: pykka.ActorRef[Any], timeout: float) -> None:  # noqa: AS
             return
     with contextlib.suppress(pykka.ActorDeadError):
         reply.result()
+
+
+def _looked_at(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def ended(ref: pykka.ActorRef[Any]) -> bool:
