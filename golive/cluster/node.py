@@ -25,7 +25,7 @@ import structlog
 from aiohttp import web
 
 from golive.actors.messages import EndReason, Refused, RoomInfo, RoomName, SessionId
-from golive.cluster.directory import Claim, ClusterDirectory, ClusterUnavailableError
+from golive.cluster.directory import Claim, ClusterDirectory, ClusterUnavailableError, Owner
 from golive.cluster.forward import Forwarder
 from golive.cluster.identity import WorkerIdentity, tag_of
 from golive.cluster.relay import RelayUnavailableError
@@ -130,12 +130,9 @@ class Cluster:
         else what to answer: a refusal, a 503, or the owner's answer."""
         if from_cluster(self.config, request) or await self._rooms.has_room(room):
             return None
-        try:
-            owner = await self.directory.owner(room)
-        except ClusterUnavailableError:
-            return unavailable()
-        if owner is None or owner.tag == self.identity.tag:
-            return None  # (no room anywhere: the local answer is the 404)
+        owner = await self._owner_elsewhere(room)
+        if not isinstance(owner, Owner):
+            return owner  # (None, no room anywhere: the local answer is the 404)
         if self.relays is None:
             return await self.forwarder.forward(request, owner.url, body)
         try:
@@ -170,13 +167,19 @@ class Cluster:
         """None when ``room`` is this worker's (or no one's); else its owner's answer."""
         if from_cluster(self.config, request):
             return None
+        owner = await self._owner_elsewhere(room)
+        if not isinstance(owner, Owner):
+            return owner
+        return await self.forwarder.forward(request, owner.url)
+
+    async def _owner_elsewhere(self, room: RoomName) -> Owner | web.Response | None:
+        """The worker that owns ``room`` when it is another one; None when it is this one or
+        no one; a 503 without Redis."""
         try:
             owner = await self.directory.owner(room)
         except ClusterUnavailableError:
             return unavailable()
-        if owner is None or owner.tag == self.identity.tag:
-            return None
-        return await self.forwarder.forward(request, owner.url)
+        return None if owner is None or owner.tag == self.identity.tag else owner
 
     # -- recordings: each node has its own ----------------------------------------------------
 
