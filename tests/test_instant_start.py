@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import socket
 import struct
+import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -30,7 +31,13 @@ from aiortc.rtp import RtcpSenderInfo, RtcpSrPacket
 
 from golive.actors.messages import MediaKind, RecordPacket, SessionId, TrackId, TrackInfo
 from golive.media.hooks import Delivery
-from golive.media.keyframes import CATCH_UP_MIN_RATE, CATCH_UP_SPEED, CATCH_UP_TICK
+from golive.media.keyframes import (
+    CATCH_UP_MIN_RATE,
+    CATCH_UP_SPEED,
+    CATCH_UP_TICK,
+    KeyframeCache,
+)
+from golive.metrics import create_metrics
 from tests.support import eventually, metric_samples
 from tests.test_fanout import (
     Collector,
@@ -410,3 +417,27 @@ async def test_the_recorder_sees_each_packet_once_whoever_catches_up(
         assert [numbers(p)[0] for p in recorded] == [seq for seq, _, _ in stream.packets]
     finally:
         recorder.stop()
+
+
+async def test_a_publisher_that_never_changes_its_timestamp_is_held_to_the_bound() -> None:
+    """Packets of one endless access unit without a keyframe are not cached, and what is kept
+    of them while a keyframe might still start (the unit's packets so far) stays within the
+    bound: a hostile publisher cannot make the server hold more."""
+    metrics = create_metrics()
+    cache = KeyframeCache(
+        100_000,
+        "video/H264",
+        gauge=metrics.keyframe_cache_bytes,
+        dropped=metrics.keyframe_cache_dropped,
+    )
+    header = struct.pack("!BBHII", 0x80, 102, 0, 1234, 1)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(20_000):  # 20 MB in all
+            cache.add(header + bytes([0x41, n & 0xFF]) + bytes(1000), 0.0)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert cache.packets is None
+    assert held < 400_000

@@ -27,10 +27,6 @@ from prometheus_client import Counter, Gauge
 
 from golive.media.rtp import keyframe_start
 
-#: An access unit's packets kept before its keyframe is known: past this (a publisher that
-#: never changes its timestamp), only the newest.
-MAX_ACCESS_UNIT_PACKETS: Final = 4096
-
 
 class Change(enum.Enum):
     """What a packet did to the cache."""
@@ -51,6 +47,7 @@ class KeyframeCache:
     __slots__ = (
         "_au",
         "_au_key",
+        "_au_size",
         "_au_ts",
         "_dropped",
         "_gauge",
@@ -72,6 +69,7 @@ class KeyframeCache:
         self.replaced: list[bytes] | None = None  # the list the last keyframe replaced
         self.replaced_at = 0  # where the new keyframe's access unit began in it
         self._au: list[bytes] = []  # the current access unit's packets so far
+        self._au_size = 0  # their bytes (at most limit)
         self._au_ts = b""  # its timestamp (the header's bytes)
         self._au_key = False  # whether it is a keyframe's
         self._gauge = gauge
@@ -88,10 +86,11 @@ class KeyframeCache:
         ts = data[4:8]
         if ts != self._au_ts:  # a new access unit
             self._au_ts, self._au_key = ts, False
-            self._au = []
-        elif len(self._au) >= MAX_ACCESS_UNIT_PACKETS:  # one timestamp for ever: keep a bound
-            self._au = self._au[-1:]
+            self._au, self._au_size = [], 0
+        elif self._au_size + len(data) > self.limit:  # could never be cached: keep a bound
+            self._au, self._au_size = [], 0
         self._au.append(data)
+        self._au_size += len(data)
         if not self._au_key and keyframe_start(self.codec, data):
             self._au_key = True
             old = self.packets
@@ -114,7 +113,7 @@ class KeyframeCache:
     def clear(self) -> None:
         """Forget everything (a new publisher feeds the track, or it closed)."""
         self.packets = self.replaced = None
-        self._au, self._au_ts, self._au_key = [], b"", False
+        self._au, self._au_size, self._au_ts, self._au_key = [], 0, b"", False
         self._resize(0)
 
     def _drop(self) -> Change:
