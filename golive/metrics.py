@@ -99,6 +99,7 @@ class Metrics:
     # instant start: the keyframe cache (golive/media/keyframes.py)
     keyframe_cache_bytes: Gauge  # golive_keyframe_cache_bytes
     keyframe_cache_dropped: Counter  # golive_keyframe_cache_dropped_total
+    keyframe_cache_replays: Counter  # golive_keyframe_cache_replays_total
     viewer_starts: Counter  # golive_viewer_starts_total{start}
     takeovers: Counter  # golive_publisher_takeovers_total
     # hostile input refused on the media plane
@@ -449,6 +450,12 @@ def _metrics(
             "golive_keyframe_cache_dropped",
             "Keyframe caches emptied for holding more than KEYFRAME_CACHE_BYTES (viewers who "
             "join then wait for the next keyframe).",
+            registry=registry,
+        ),
+        keyframe_cache_replays=Counter(
+            "golive_keyframe_cache_replays",
+            "Viewers who asked for a keyframe (PLI or FIR: they could not decode) and were sent "
+            "the cached one again at once (at most once a second each).",
             registry=registry,
         ),
         viewer_starts=Counter(

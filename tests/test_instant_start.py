@@ -441,3 +441,34 @@ async def test_a_publisher_that_never_changes_its_timestamp_is_held_to_the_bound
         tracemalloc.stop()
     assert cache.packets is None
     assert held < 400_000
+
+
+async def test_a_viewer_that_asks_for_a_keyframe_is_sent_the_cached_one_again(
+    h264: Callable[..., Room],
+) -> None:
+    """Chromium drops what arrives between its DTLS handshake and its receive stream, then asks
+    for a keyframe (PLI) that this publisher ignores: the viewer is sent the cached keyframe
+    again at once, numbered on, and caught up again; once a second at most."""
+    room = h264()
+    room.route()
+    stream = Stream(room)
+    stream.gop(20)
+    viewer = join(room)
+    await caught_up(viewer, len(stream.packets))
+    before = len(viewer.got)
+    asked = room.publisher.keyframe_requests
+    assert viewer.on_keyframe_request is not None
+    viewer.on_keyframe_request()  # "what I was sent first never reached me"
+    again = viewer.take()
+    assert [p[12:] for p in again] == keyframe_unit()  # at once
+    await caught_up(viewer, before + len(stream.packets))
+    viewer.on_keyframe_request()  # within the second: the publisher is asked, no more
+    stream.frame(inter_unit(mark=60))
+    viewer.take()
+    assert len(viewer.got) == before + len(stream.packets)
+    assert [p[12:] for p in viewer.got[before:]] == [p for _, _, p in stream.packets]
+    seqs = [numbers(p)[0] for p in viewer.got]
+    assert seqs == [(seqs[0] + n) & 0xFFFF for n in range(len(seqs))]
+    assert ascending([numbers(p)[1] for p in viewer.got])
+    assert room.publisher.keyframe_requests >= asked  # (coalesced: one a second)
+    assert samples(room)[("golive_keyframe_cache_replays_total", ())] == 1

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import math
 import os
 import random
 from collections.abc import Callable
@@ -57,6 +58,7 @@ from golive.media.keyframes import (
     CATCH_UP_MIN_RATE,
     CATCH_UP_SPEED,
     CATCH_UP_TICK,
+    REPLAY_INTERVAL,
     RETIMED_KEEP_SECONDS,
     CatchUp,
     Change,
@@ -146,6 +148,7 @@ class Viewer:
     # the timestamps its catch-up gave frames (the publisher's -> its own), for NACKs of them
     retimed: dict[int, int] | None = None
     live_since: float = 0.0  # when its catch-up ended
+    replayed: float = -math.inf  # when it was last sent the cache again (it asked)
 
 
 class PublishedTrack:
@@ -289,7 +292,7 @@ class PublishedTrack:
         )
         self._viewers[session] = viewer
         self._by_output[output] = viewer
-        sender.on_keyframe_request = self.want_keyframe
+        sender.on_keyframe_request = lambda: self.keyframe_asked(session)
         sender.on_nack = lambda lost: self.retransmit(session, lost)
         if session in self._routed:  # routed already (the table came first): add its output
             self._route()
@@ -527,6 +530,33 @@ class PublishedTrack:
         self._waiting = sum(1 for o in self._fanout.outputs if not o.started and not o.held)
         self._schedule_pacer()
         self.want_keyframe()
+
+    def keyframe_asked(self, session: SessionId) -> None:
+        """A viewer asks for a keyframe (a PLI or FIR: it cannot decode). The publisher is
+        asked (coalesced); and the viewer is sent the cached keyframe again at once, then the
+        cache as at its start, its numbering going on: a publisher that ignores the request
+        (OBS) would otherwise leave it frozen until the next keyframe. That is how a viewer
+        recovers when its first packets were lost: Chromium drops what arrives in the
+        moment between its DTLS handshake and its receive stream, and asks after 200 ms.
+        At most once per :data:`REPLAY_INTERVAL` a viewer."""
+        self.want_keyframe()
+        viewer = self._viewers.get(session)
+        packets = self._keyframes.packets
+        if viewer is None or packets is None or not viewer.output.started:
+            return
+        now = self._loop.time()
+        if now - viewer.replayed < REPLAY_INTERVAL or not viewer.output.bound:
+            return
+        viewer.replayed = now
+        self._metrics.keyframe_cache_replays.inc()
+        viewer.output.held = True
+        viewer.catch_up = CatchUp(packets, now, rebase=True)
+        if viewer.retimed is None:
+            viewer.retimed = {}
+            self._retimed.add(session)
+        self._catching_up[session] = viewer
+        self._send_cached(viewer, now, self._catch_up_rate(now))
+        self._schedule_pacer()
 
     def _send_cached(self, viewer: Viewer, now: float, rate: float) -> None:
         """Send ``viewer`` what its pace allows of the cache: whole frames while its tokens

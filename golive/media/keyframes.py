@@ -135,6 +135,9 @@ CATCH_UP_SPEED: Final = 4.0
 CATCH_UP_MIN_RATE: Final = 256_000
 #: How often the pacer sends what each viewer catching up may have (seconds).
 CATCH_UP_TICK: Final = 0.005
+#: A viewer that asks for a keyframe (PLI, FIR) is sent the cached one again at most this
+#: often (seconds).
+REPLAY_INTERVAL: Final = 1.0
 #: A viewer's catch-up timestamps are kept this long after it is live, for NACKs of them.
 RETIMED_KEEP_SECONDS: Final = 2.0
 
