@@ -197,7 +197,9 @@ def medians(runs: Sequence[dict[str, Any]]) -> dict[str, float | None]:
 
 
 def _f(value: float | None, digits: int = 0) -> str:
-    return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+    if value is None or math.isnan(value):
+        return "-"
+    return f"{round(value, digits) + 0.0:.{digits}f}"  # (+ 0.0: never "-0")
 
 
 ROWS = (
