@@ -102,6 +102,9 @@ DEFAULT_HTTP_MAX_CONNECTIONS: Final = 1000
 # A relay (a room pulled from its owner for viewers here) left without viewers stays this long
 # for the next one before it disconnects from the owner.
 DEFAULT_RELAY_GRACE_SECONDS: Final = 10.0
+# The packets since a video track's last keyframe, kept to start viewers at once: 8 s of a
+# 6 Mbit/s stream (OBS's default keyframe interval, a high bitrate) fits.
+DEFAULT_KEYFRAME_CACHE_BYTES: Final = 8 * 1024 * 1024
 #: The most worker processes per node.
 MAX_WORKERS: Final = 64
 
@@ -544,6 +547,9 @@ class Config:
     # (by the other nodes and workers): CLUSTER_PORT + i, or any free port when 0.
     cluster_port: int = 0
     relay_grace_seconds: float = DEFAULT_RELAY_GRACE_SECONDS
+    # Per video track: the packets since its last keyframe, to start a viewer at once (0: off;
+    # viewers then wait for the publisher's next keyframe).
+    keyframe_cache_bytes: int = DEFAULT_KEYFRAME_CACHE_BYTES
 
     def __post_init__(self) -> None:
         if not isinstance(self.room_tokens, MappingProxyType):
@@ -748,6 +754,12 @@ class Config:
                 DEFAULT_RELAY_GRACE_SECONDS,
                 positive=False,
             ),
+            keyframe_cache_bytes=_parse_int(
+                "KEYFRAME_CACHE_BYTES",
+                get("KEYFRAME_CACHE_BYTES"),
+                DEFAULT_KEYFRAME_CACHE_BYTES,
+                0,
+            ),
         )
 
     # ---------------------------------------------------------------- derived values
@@ -880,6 +892,7 @@ class Config:
             "CLUSTER_SECRET": secret(self.cluster_secret),
             "CLUSTER_PORT": self.cluster_port,
             "RELAY_GRACE_SECONDS": self.relay_grace_seconds,
+            "KEYFRAME_CACHE_BYTES": self.keyframe_cache_bytes,
         }
 
 

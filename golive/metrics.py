@@ -96,6 +96,10 @@ class Metrics:
     retransmitted: Counter  # golive_rtp_packets_retransmitted_total
     nacks: Counter  # golive_rtcp_nacks_received_total
     keyframe_requests: Counter  # golive_keyframe_requests_total
+    # instant start: the keyframe cache (golive/media/keyframes.py)
+    keyframe_cache_bytes: Gauge  # golive_keyframe_cache_bytes
+    keyframe_cache_dropped: Counter  # golive_keyframe_cache_dropped_total
+    viewer_starts: Counter  # golive_viewer_starts_total{start}
     takeovers: Counter  # golive_publisher_takeovers_total
     # hostile input refused on the media plane
     datagrams_dropped: Counter  # golive_media_datagrams_dropped_total{reason}
@@ -434,6 +438,27 @@ def _metrics(
             "Keyframe requests (PLI) sent to publishers, after coalescing.",
             registry=registry,
         ),
+        keyframe_cache_bytes=Gauge(
+            "golive_keyframe_cache_bytes",
+            "Bytes held by the video tracks' keyframe caches (the packets since each track's "
+            "last keyframe, to start viewers at once; at most KEYFRAME_CACHE_BYTES a track).",
+            registry=registry,
+            multiprocess_mode="livesum",
+        ),
+        keyframe_cache_dropped=Counter(
+            "golive_keyframe_cache_dropped",
+            "Keyframe caches emptied for holding more than KEYFRAME_CACHE_BYTES (viewers who "
+            "join then wait for the next keyframe).",
+            registry=registry,
+        ),
+        viewer_starts=Counter(
+            "golive_viewer_starts",
+            "Viewers' video started, by how: cache (at once, on the cached keyframe, then "
+            "brought up to live) or keyframe (on a keyframe as it arrived: cache off, empty, or "
+            "a new publisher).",
+            ["start"],
+            registry=registry,
+        ),
         takeovers=Counter(
             "golive_publisher_takeovers",
             "Rooms taken over by a new publisher, their viewers kept (publisher reconnects).",
@@ -496,7 +521,9 @@ def _metrics(
         session_setup=Histogram(
             "golive_session_setup_seconds",
             "Seconds from a session's offer (POST) to a stage of its setup: connected (ICE and "
-            "DTLS up), first_keyframe (a viewer's first video frame sent, a keyframe).",
+            "DTLS up), first_keyframe (a viewer's first video frame sent, a keyframe), "
+            "live (a viewer started from the keyframe cache has been sent all of it: it is "
+            "live).",
             ["role", "stage"],
             buckets=SETUP_BUCKETS,
             registry=registry,

@@ -90,6 +90,7 @@ ALL_VARIABLES = frozenset(
         "CLUSTER_SECRET",
         "CLUSTER_PORT",
         "RELAY_GRACE_SECONDS",
+        "KEYFRAME_CACHE_BYTES",
     }
 )
 

@@ -179,9 +179,17 @@ def told(ref: pykka.ActorRef[Collector]) -> list[Any]:
 class Room:
     """One published track on the running loop, with ``viewers`` routed to."""
 
-    def __init__(self, info: TrackInfo, codec: RTCRtpCodecParameters, viewers: int) -> None:
+    def __init__(
+        self,
+        info: TrackInfo,
+        codec: RTCRtpCodecParameters,
+        viewers: int,
+        *,
+        keyframe_cache_bytes: int = 1 << 20,
+    ) -> None:
         self.publisher = Publisher()
         self.metrics = create_metrics()
+        self.codec = codec
         self.track = PublishedTrack(
             KEY,
             info,
@@ -189,11 +197,19 @@ class Room:
             self.publisher,
             registry=SessionRegistry(asyncio.get_running_loop()),
             metrics=self.metrics,
+            keyframe_cache_bytes=keyframe_cache_bytes,
         )
-        self.viewers = [LoopbackViewer(ssrc=0x1000 + n) for n in range(viewers)]
-        for n, viewer in enumerate(self.viewers):
-            self.track.attach(SessionId(f"viewer{n}"), viewer, created=0.0)
+        self.viewers: list[LoopbackViewer] = []
         self.version = 0
+        for _ in range(viewers):
+            self.add_viewer(LoopbackViewer(ssrc=0x1000 + len(self.viewers)))
+
+    def add_viewer(self, viewer: LoopbackViewer) -> LoopbackViewer:
+        """Attach ``viewer`` (its sender connected); it is forwarded to once routed."""
+        session = SessionId(f"viewer{len(self.viewers)}")
+        self.viewers.append(viewer)
+        self.track.attach(session, viewer, created=asyncio.get_running_loop().time())
+        return viewer
 
     def route(
         self,
@@ -209,11 +225,15 @@ class Room:
             RoutingTable(KEY, self.version, routes, fanout=fanout, recorder=recorder)
         )
 
-    def send(self, seq: int, ts: int, payload: bytes, *, ssrc: int = 0xABC) -> None:
-        packet = RtpPacket(payload_type=96, sequence_number=seq, timestamp=ts, ssrc=ssrc)
+    def send(
+        self, seq: int, ts: int, payload: bytes, *, ssrc: int = 0xABC, marker: bool = False
+    ) -> None:
+        packet = RtpPacket(
+            payload_type=96, sequence_number=seq, timestamp=ts, ssrc=ssrc, marker=int(marker)
+        )
         packet.payload = payload
         assert self.publisher.sink is not None
-        self.publisher.sink(packet, VP8)
+        self.publisher.sink(packet, self.codec)
 
     def close(self) -> None:
         self.track.close()

@@ -155,6 +155,7 @@ async def _actors(app: web.Application) -> AsyncIterator[None]:
         tracing=app[TRACING],
         connect_timeout=config.session_connect_timeout_seconds,
         loopback=any(ipaddress.ip_address(a).is_loopback for a in config.ice_host_addresses),
+        keyframe_cache_bytes=config.keyframe_cache_bytes,
     )
     if identity is not None:
         app[CLUSTER] = Cluster(config, identity, app[ROOMS])

@@ -73,6 +73,7 @@ typedef struct {
     uint32_t last_ts;     /* its timestamp, the viewer's clock */
     double last_time;     /* when it was forwarded (the caller's clock, seconds) */
     uint16_t mapped_from; /* first sequence number of the current mapping, the viewer's */
+    char held;            /* being brought up to live from the keyframe cache: not fanned out */
     /* where packets go: a duplicate of the viewer's socket, so it outlives nothing */
     int fd;
     struct sockaddr_storage address;
@@ -435,6 +436,55 @@ static PyObject *Output_send(Output *self, PyObject *packet)
     return PyLong_FromLong(account(self, 0, 0, error));
 }
 
+/* Send one packet of the keyframe cache to a viewer being brought up to live: numbered on
+ * from the last one sent (a rebase jumps a gap: the numbering goes on right after it), each new
+ * frame timed when it is sent, so the cached frames, sent faster than real time, play at once
+ * rather than behind. The mapping left when the cache is done is the one live packets follow. */
+static PyObject *Output_catch_up(Output *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"", "now", "rebase", NULL};
+    Py_buffer view;
+    Header h;
+    PyObject *packet;
+    double now;
+    int rebase = 0, length, plain;
+    uint8_t slot[SLOT];
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Od|p", keywords, &packet, &now, &rebase) ||
+        get_packet(packet, &view, &h) < 0)
+        return NULL;
+    if (view.len > MAX_PACKET) {
+        PyBuffer_Release(&view);
+        return PyErr_Format(PyExc_ValueError, "packet is too long (%zd bytes)", view.len);
+    }
+    if (!self->started) {
+        start_mapping(self, &h, now);
+    } else {
+        if (rebase) {
+            self->seq_offset = (uint16_t)(self->last_seq + 1 - h.seq);
+            self->newest = (uint16_t)(h.seq - 1);
+            self->source = h.ssrc;
+            self->mapped_from = (uint16_t)(self->last_seq + 1);
+        }
+        uint16_t ahead = (uint16_t)(h.seq - self->newest);
+        if (h.ssrc == self->source && 0 < ahead && ahead < 0x8000 &&
+            (rebase || h.ts + self->ts_offset != self->last_ts))
+            self->ts_offset = self->last_ts + ticks_since(self, now) - h.ts;
+        advance_mapping(self, &h, now);
+    }
+    plain = length = (int)renumbered(self, view.buf, view.len, &h, slot);
+    PyBuffer_Release(&view);
+    if (self->fd < 0)
+        return PyLong_FromLong(NOT_READY);
+    if (self->protect(self->srtp, slot, &length) != 0) {
+        self->send_errors++;
+        return PyLong_FromLong(FAILED);
+    }
+    if (sendto(self->fd, slot, (size_t)length, MSG_DONTWAIT, (struct sockaddr *)&self->address,
+               self->address_length) >= 0)
+        return PyLong_FromLong(account(self, 1, plain, 0));
+    return PyLong_FromLong(account(self, 0, plain, errno));
+}
+
 static PyObject *Output_get_bound(Output *self, void *Py_UNUSED(closure))
 {
     return PyBool_FromLong(self->fd >= 0);
@@ -462,6 +512,11 @@ static PyMethodDef Output_methods[] = {
      "right after the newest packet sent, the clock by the time since."},
     {"unbind", (PyCFunction)Output_unbind, METH_NOARGS,
      "unbind(): send nothing more (closes the duplicate socket)."},
+    {"catch_up", (PyCFunction)(void (*)(void))Output_catch_up, METH_VARARGS | METH_KEYWORDS,
+     "catch_up(packet, now, rebase=False) -> int: send a packet of the keyframe cache to this "
+     "(held) viewer, numbered on from the last one sent (rebase: right after it, across a gap "
+     "of skipped frames), each new frame timed at now; starts the output on its first "
+     "packet. 0 sent, 1 dropped (socket full), 2 not bound, 3 failed."},
     {"send", (PyCFunction)Output_send, METH_O,
      "send(packet) -> int: protect and send a packet in this viewer's numbering; 0 sent, "
      "1 dropped (socket full), 2 not bound, 3 failed."},
@@ -484,6 +539,8 @@ static PyMemberDef Output_members[] = {
     RO("last_ts", T_UINT, last_ts),
     RO("last_time", T_DOUBLE, last_time),
     RO("mapped_from", T_USHORT, mapped_from),
+    {"held", T_BOOL, offsetof(Output, held), 0,
+     "Being brought up to live from the keyframe cache (catch_up): the fan-out skips it."},
     RO("packets_sent", T_ULONGLONG, packets_sent),
     RO("bytes_sent", T_ULONGLONG, bytes_sent),
     RO("packets_dropped", T_ULONGLONG, packets_dropped),
@@ -575,7 +632,7 @@ static void fan_out(Fanout *self, PyObject *outputs, const uint8_t *packet, Py_s
     int count = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         Output *o = (Output *)PyTuple_GET_ITEM(outputs, i);
-        if (!o->started || o->fd < 0)
+        if (!o->started || o->fd < 0 || o->held)
             continue;
         advance_mapping(o, h, now);
         uint8_t *slot = self->slots + (size_t)count * SLOT;
@@ -676,7 +733,7 @@ static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t 
     /* who starts on this packet (with the GIL: the list is a Python object) */
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(outputs); i++) {
         Output *o = (Output *)PyTuple_GET_ITEM(outputs, i);
-        if (o->fd < 0)
+        if (o->fd < 0 || o->held)
             continue;
         if (!o->started) {
             if (!keyframe) {

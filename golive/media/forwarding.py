@@ -49,9 +49,19 @@ from golive.actors.messages import (
     TrackInfo,
     TrackKey,
 )
+from golive.config import DEFAULT_KEYFRAME_CACHE_BYTES
 from golive.logs import Throttle
-from golive.media._fanout import Fanout, Output
+from golive.media._fanout import DROPPED, FAILED, SENT, Fanout, Output
 from golive.media.hooks import Delivery, PacketSink
+from golive.media.keyframes import (
+    CATCH_UP_MIN_RATE,
+    CATCH_UP_SPEED,
+    CATCH_UP_TICK,
+    RETIMED_KEEP_SECONDS,
+    CatchUp,
+    Change,
+    KeyframeCache,
+)
 from golive.media.limits import (
     MAX_NACK_SEQUENCES,
     RTX_BUDGET_MIN_RATE,
@@ -132,6 +142,10 @@ class Viewer:
     budget: RetransmissionBudget
     failures_seen: int = 0  # the output's send errors already logged
     told: bool = False  # its first keyframe was told (the fanout, the session's story)
+    catch_up: CatchUp | None = None  # being brought up to live from the keyframe cache
+    # the timestamps its catch-up gave frames (the publisher's -> its own), for NACKs of them
+    retimed: dict[int, int] | None = None
+    live_since: float = 0.0  # when its catch-up ended
 
 
 class PublishedTrack:
@@ -145,6 +159,7 @@ class PublishedTrack:
         registry: SessionRegistry,
         metrics: Metrics,
         on_close: Callable[[PublishedTrack], None] | None = None,
+        keyframe_cache_bytes: int = DEFAULT_KEYFRAME_CACHE_BYTES,
     ) -> None:
         self.key = key
         self.info = info
@@ -162,6 +177,15 @@ class PublishedTrack:
         self._waiting = 0  # outputs not started (waiting for a keyframe), as last counted
         self._cache: list[bytes | None] = [None] * CACHE_PACKETS  # by sequence number
         self._video = info.kind is MediaKind.VIDEO
+        self._keyframes = KeyframeCache(
+            keyframe_cache_bytes if self._video else 0,
+            info.codec,
+            gauge=metrics.keyframe_cache_bytes,
+            dropped=metrics.keyframe_cache_dropped,
+        )
+        self._catching_up: dict[SessionId, Viewer] = {}
+        self._retimed: set[SessionId] = set()  # viewers with catch-up timestamps kept
+        self._pacer: asyncio.TimerHandle | None = None
         self._last_request = -KEYFRAME_REQUEST_INTERVAL
         self._deferred: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
@@ -217,6 +241,9 @@ class PublishedTrack:
         receiver.sink = self.on_packet
         receiver.on_sender_report = self.on_sender_report
         self._cache = [None] * CACHE_PACKETS  # the old publisher's numbering
+        self._end_catch_ups()
+        self._keyframes.clear()
+        self._keyframes.codec = info.codec
         self.last_packet = self._loop.time()
         if self._deferred is not None:  # the new publisher is asked at once, not in turn
             self._deferred.cancel()
@@ -271,6 +298,8 @@ class PublishedTrack:
         viewer = self._viewers.pop(session, None)
         if viewer is None:
             return
+        self._catching_up.pop(session, None)
+        self._retimed.discard(session)
         del self._by_output[viewer.output]
         viewer.sender.on_keyframe_request = None
         viewer.sender.on_nack = None
@@ -278,7 +307,7 @@ class PublishedTrack:
         if session in self._routed:  # (its output leaves the fan-out; nothing else changes)
             gone = viewer.output
             self._fanout.outputs = tuple(o for o in self._fanout.outputs if o is not gone)
-            if not gone.started:
+            if not gone.started and not gone.held:
                 self._waiting -= 1
 
     def _route(self) -> None:
@@ -291,7 +320,9 @@ class PublishedTrack:
             else tuple(v.output for r in table.routes if (v := viewers.get(r.session)) is not None)
         )
         self._fanout.outputs = outputs
-        self._waiting = sum(1 for output in outputs if not output.started)
+        self._waiting = sum(1 for output in outputs if not output.started and not output.held)
+        if self._waiting and self._keyframes.packets is not None:
+            self._start_from_cache(self._loop.time())
 
     # -- packets ------------------------------------------------------------------------------
 
@@ -300,7 +331,7 @@ class PublishedTrack:
         self._window_bytes += len(data)
         self._cache[packet.sequence_number % CACHE_PACKETS] = data
         self.last_packet = now = self._loop.time()
-        keyframe = not self._video or (self._waiting > 0 and keyframe_start(self.info.codec, data))
+        keyframe, change = self._keep(data, now)
         try:
             sent, sent_bytes, dropped, failed, waiting, started = self._fanout.forward(
                 data, keyframe, now
@@ -318,10 +349,28 @@ class PublishedTrack:
                 self._send_failed(failed)
             if started is not None:
                 for output in started:
-                    self._started(self._by_output[output])
-            if waiting:
+                    self._started(self._by_output[output], "keyframe")
+            if waiting and self._keyframes.packets is not None:
+                self._start_from_cache(now)
+            elif waiting:
                 self.want_keyframe()
+        if change is Change.DROPPED:
+            self._cache_dropped()
         self._record(data)
+
+    def _keep(self, data: bytes, now: float) -> tuple[bool, Change]:
+        """Keep a video packet in the keyframe cache. Returns whether the fan-out may start
+        a viewer on it (any audio packet; a keyframe when the cache is off: with it, viewers
+        start from the cache) and what it did to the cache."""
+        if not self._video:
+            return True, Change.KEPT
+        cache = self._keyframes
+        if not cache.enabled:
+            return self._waiting > 0 and keyframe_start(self.info.codec, data), Change.KEPT
+        change = cache.add(data, now)
+        if change is Change.STARTED:
+            self._cache_started(now)
+        return False, change
 
     def _record(self, data: bytes) -> None:
         """Tell the track's recorder (if it has one) the packet: one tell per packet, on the
@@ -334,12 +383,14 @@ class PublishedTrack:
         except pykka.ActorDeadError:  # stopped or crashed: the room knows, stop telling it
             self._dead_recorder = recorder
 
-    def _started(self, viewer: Viewer) -> None:
-        """A viewer's output started on this packet: for video, tell the fanout it started on
-        a keyframe (once: an output starts again after a takeover, told no more)."""
+    def _started(self, viewer: Viewer, start: str) -> None:
+        """A viewer's output started (``start``: on the cached keyframe, or on a keyframe
+        as it passed): for video, tell the fanout it started on a keyframe (once: an output
+        starts again after a takeover, told no more)."""
         if not self._video or viewer.told:
             return
         viewer.told = True
+        self._metrics.viewer_starts.labels(start).inc()
         seconds = self._loop.time() - viewer.created
         self._metrics.session_setup.labels("subscriber", "first_keyframe").observe(seconds)
         if viewer.first_keyframe is not None:
@@ -379,7 +430,12 @@ class PublishedTrack:
         info = report.sender_info
         for viewer in self._viewers.values():
             output = viewer.output
-            if output.started and output.source == report.ssrc and viewer.sender.bind():
+            if (
+                output.started
+                and not output.held  # (catching up: its timestamps are not the mapping's yet)
+                and output.source == report.ssrc
+                and viewer.sender.bind()
+            ):
                 rtp = (info.rtp_timestamp + output.ts_offset) & 0xFFFFFFFF
                 viewer.sender.send_sender_report(info.ntp_timestamp, rtp)
 
@@ -412,13 +468,24 @@ class PublishedTrack:
                 refused["recent"] += 1
             elif not budget.take(seq, len(data), rate, now):
                 refused["budget"] += 1
-            elif viewer.sender.send_rtx(output.renumber(data)) is Delivery.SENT:
+            elif viewer.sender.send_rtx(self._as_sent(viewer, data)) is Delivery.SENT:
                 resent += 1
         if resent:
             self._metrics.retransmitted.inc(resent)
         for reason, count in refused.items():
             if count:
                 self._rtx_refused[reason].inc(count)
+
+    @staticmethod
+    def _as_sent(viewer: Viewer, data: bytes) -> bytes:
+        """``data`` as it was sent to ``viewer``: renumbered, and for a frame of its catch-up
+        the timestamp that frame was given."""
+        renumbered = viewer.output.renumber(data)
+        retimed = viewer.retimed
+        ts = None if retimed is None else retimed.get(int.from_bytes(data[4:8], "big"))
+        if ts is None:
+            return renumbered
+        return renumbered[:4] + ts.to_bytes(4, "big") + renumbered[8:]
 
     def _cached(self, seq: int) -> bytes | None:
         data = self._cache[seq % CACHE_PACKETS]
@@ -434,6 +501,143 @@ class PublishedTrack:
             self._window_bytes = 0
             self._window_start = now
         return self._incoming_rate
+
+    # -- instant start: the keyframe cache ----------------------------------------------------
+
+    def _start_from_cache(self, now: float) -> None:
+        """Start every viewer waiting for video on the cached keyframe, at once: its first
+        frame now, the rest of the cache paced (:meth:`_pace`). The publisher is still asked
+        for a keyframe (one that answers gives everyone a fresh one sooner)."""
+        packets = self._keyframes.packets
+        if packets is None:
+            return
+        rate = self._catch_up_rate(now)
+        for output in self._fanout.outputs:
+            if output.started or output.held or not output.bound:
+                continue
+            viewer = self._by_output[output]
+            output.held = True
+            viewer.catch_up = CatchUp(packets, now)
+            viewer.retimed = {}
+            self._catching_up[viewer.session] = viewer
+            self._retimed.add(viewer.session)
+            self._send_cached(viewer, now, rate)
+            if viewer.output.started:  # (on the first cached packet)
+                self._started(viewer, "cache")
+        self._waiting = sum(1 for o in self._fanout.outputs if not o.started and not o.held)
+        self._schedule_pacer()
+        self.want_keyframe()
+
+    def _send_cached(self, viewer: Viewer, now: float, rate: float) -> None:
+        """Send ``viewer`` what its pace allows of the cache: whole frames while its tokens
+        are not negative (a frame goes out back to back, as the publisher sent it), each
+        timed as it is sent (:meth:`Output.catch_up`). Once it has been sent everything
+        cached, it is live: the fan-out takes over with the next packet."""
+        catch_up, output = viewer.catch_up, viewer.output
+        assert catch_up is not None
+        retimed = viewer.retimed
+        assert retimed is not None
+        catch_up.tokens = min(
+            catch_up.tokens + (now - catch_up.refilled) * rate, rate * CATCH_UP_TICK * 4
+        )
+        catch_up.refilled = now
+        packets = catch_up.packets
+        sent = sent_bytes = dropped = failed = 0
+        while catch_up.tokens >= 0 and catch_up.index < len(packets):
+            ts = packets[catch_up.index][4:8]
+            while catch_up.index < len(packets) and packets[catch_up.index][4:8] == ts:
+                data = packets[catch_up.index]
+                catch_up.index += 1
+                catch_up.tokens -= len(data)
+                try:
+                    delivery = output.catch_up(data, now, catch_up.rebase)
+                except ValueError:  # longer than any MTU: no viewer can take it
+                    self._too_large.inc()
+                    continue
+                catch_up.rebase = False
+                if delivery == SENT:
+                    sent += 1
+                    sent_bytes += len(data) - 12
+                elif delivery == DROPPED:
+                    dropped += 1
+                elif delivery == FAILED:
+                    failed += 1
+            if output.started:
+                retimed[int.from_bytes(ts, "big")] = output.last_ts
+        if sent:
+            self._packets.inc(sent)
+            self._bytes.inc(sent_bytes)
+        if dropped:
+            self._dropped.inc(dropped)
+        if failed:
+            self._send_failed(failed)
+        if catch_up.index >= len(packets):
+            self._live(viewer, now)
+
+    def _live(self, viewer: Viewer, now: float) -> None:
+        """``viewer`` has been sent the whole cache: live packets follow (the fan-out's), its
+        numbering and clock going on from the last cached packet it was sent."""
+        viewer.output.held = False
+        viewer.catch_up = None
+        viewer.live_since = now
+        self._catching_up.pop(viewer.session, None)
+        seconds = now - viewer.created
+        self._metrics.session_setup.labels("subscriber", "live").observe(seconds)
+
+    def _pace(self) -> None:
+        self._pacer = None
+        if self.closed or not self._catching_up:
+            return
+        now = self._loop.time()
+        rate = self._catch_up_rate(now)
+        for viewer in list(self._catching_up.values()):
+            self._send_cached(viewer, now, rate)
+        self._schedule_pacer()
+
+    def _schedule_pacer(self) -> None:
+        if self._catching_up and self._pacer is None and not self.closed:
+            self._pacer = self._loop.call_later(CATCH_UP_TICK, self._pace)
+
+    def _catch_up_rate(self, now: float) -> float:
+        """Bytes a second a viewer catching up is sent: :data:`CATCH_UP_SPEED` times the
+        track's rate (as measured, or as the cache holds it when that is more)."""
+        cache = self._keyframes
+        held = cache.size / max(1.0, now - cache.started_at)
+        return max(CATCH_UP_MIN_RATE, CATCH_UP_SPEED * max(self._measured_rate(now), held))
+
+    def _cache_started(self, now: float) -> None:
+        """A keyframe: the cache starts again on its access unit. Viewers catching up go on
+        in it (skipping older frames); the timestamps given to earlier catch-ups are
+        forgotten once they no longer matter to NACKs."""
+        cache = self._keyframes
+        for viewer in self._catching_up.values():
+            assert viewer.catch_up is not None
+            viewer.catch_up.follow(cache)
+        for session in list(self._retimed):
+            viewer = self._viewers[session]
+            if viewer.catch_up is None and now - viewer.live_since > RETIMED_KEEP_SECONDS:
+                viewer.retimed = None
+                self._retimed.discard(session)
+
+    def _cache_dropped(self) -> None:
+        """The cache grew past its bound and was emptied: viewers catching up wait for the
+        next keyframe, their numbering continued (as after a takeover)."""
+        restarted = list(self._catching_up.values())
+        self._end_catch_ups()
+        for viewer in restarted:
+            viewer.output.restart()
+        self._waiting = sum(1 for o in self._fanout.outputs if not o.started and not o.held)
+        if self._waiting:
+            self.want_keyframe()
+
+    def _end_catch_ups(self) -> None:
+        for viewer in self._catching_up.values():
+            viewer.output.held = False
+            viewer.catch_up = None
+        self._catching_up.clear()
+        if self._pacer is not None:
+            self._pacer.cancel()
+            self._pacer = None
 
     # -- keyframes ----------------------------------------------------------------------------
 
@@ -464,6 +668,8 @@ class PublishedTrack:
         if self._deferred is not None:
             self._deferred.cancel()
             self._deferred = None
+        self._end_catch_ups()
+        self._keyframes.clear()
         self._table, self._routed = None, frozenset()
         self._fanout.outputs = ()
         for session in list(self._viewers):

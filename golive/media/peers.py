@@ -48,7 +48,7 @@ from golive.actors.messages import (
     TrackInfo,
     TrackKey,
 )
-from golive.config import DEFAULT_SESSION_CONNECT_TIMEOUT_SECONDS
+from golive.config import DEFAULT_KEYFRAME_CACHE_BYTES, DEFAULT_SESSION_CONNECT_TIMEOUT_SECONDS
 from golive.media.forwarding import PublishedTrack
 from golive.media.garbage import SessionGarbage
 from golive.media.hooks import (
@@ -326,10 +326,13 @@ class MediaHub:
         ice_servers: RTCConfiguration | None = None,
         connect_timeout: float = DEFAULT_SESSION_CONNECT_TIMEOUT_SECONDS,
         loopback: bool = False,
+        keyframe_cache_bytes: int = DEFAULT_KEYFRAME_CACHE_BYTES,
     ) -> None:
         """``loopback``: the server gathers candidates on a loopback address, so clients'
-        loopback candidates may be checked (else they are skipped)."""
+        loopback candidates may be checked (else they are skipped). ``keyframe_cache_bytes``:
+        each video track's keyframe cache bound (0: none)."""
         self._rooms = rooms
+        self._keyframe_cache_bytes = keyframe_cache_bytes
         self._connect_timeout = connect_timeout
         self._metrics = metrics
         self._tracing = tracing if tracing is not None else Tracing.disabled()
@@ -431,6 +434,7 @@ class MediaHub:
             registry=self._rooms.registry,
             metrics=self._metrics,
             on_close=self._track_closed,
+            keyframe_cache_bytes=self._keyframe_cache_bytes,
         )
 
     def _track_closed(self, track: PublishedTrack) -> None:
