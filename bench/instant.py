@@ -183,6 +183,37 @@ def run_figures(
         "phases_s": [j.phase for j in joins],
         "first_frame_ms": to_first,
         "playout_vs_reference_ms": behind,
+        "viewers": [viewer_record(j) for j in joins],
+    }
+
+
+#: What the JSON keeps of each viewer's last stats read.
+KEPT = (
+    "framesDecoded",
+    "framesReceived",
+    "framesDropped",
+    "keyFramesDecoded",
+    "freezeCount",
+    "totalFreezesDuration",
+    "pliCount",
+    "firCount",
+    "nackCount",
+    "packetsReceived",
+    "packetsLost",
+)
+
+
+def viewer_record(join: Joined) -> dict[str, Any]:
+    """One viewer in the JSON: its phase, first frame, playout delay, last counters."""
+    last = last_sample(join.samples)
+    return {
+        "phase_s": join.phase,
+        "first_frame_ms": None if join.first_frame is None else join.first_frame - join.posted,
+        "playout_ms": delay_per_frame(
+            join.samples, join.posted + WINDOW[0] * 1e3, join.posted + WINDOW[1] * 1e3
+        ),
+        "error": join.error,
+        **{name: last.get(name) for name in KEPT},
     }
 
 
