@@ -86,6 +86,7 @@ bench: $(STAMP) system-packages
 	$(NETNS) $(BIN)/python -m bench.hostile
 	$(NETNS) $(BIN)/python -m bench.forwarding
 	$(NETNS) $(BIN)/python -m bench.joins
+	$(NETNS) $(BIN)/python -m bench.instant
 	$(NETNS) $(BIN)/python -m bench.cluster
 
 # 10 minutes of churn against a server in its own process (publishers and viewers coming and

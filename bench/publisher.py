@@ -1,27 +1,42 @@
-"""The bench's publisher: VP8 + Opus over WHIP, encoded once before it publishes.
+"""The bench's publisher: VP8 or H.264, with Opus, over WHIP, encoded once before it publishes.
 
-``python -m bench.publisher`` (started by ``bench.forwarding``) encodes a loop of video (libvpx
-through PyAV, constant bitrate, realtime settings: ``--width``x``--height`` grey frames with a
-moving block of noise, ``--block`` pixels square, sized so that the encoder holds
-``--video-bitrate``) and of audio
-(libopus, CBR ``--audio-bitrate``, 20 ms frames), then publishes them over WHIP with a real
-aiortc peer connection (ICE, DTLS, SRTP): golive's forwarding sender sends the pre-encoded
-payloads as RTP (30 frames a second, each frame's packets back to back, marker on the last;
-an Opus packet every 20 ms; a sender report per track every second). Its CPU is then one SRTP
-protect and one ``sendto`` per packet, not an encoder: it shares the machine's two cores with
-the server and the viewers.
+``python -m bench.publisher`` (started by ``bench.forwarding``, ``bench.cluster``,
+``bench.instant`` and ``tests/web/test_instant_start.py``) encodes a loop of video (``--codec``:
+libvpx, constant bitrate, realtime settings, as aiortc sets it; or libx264 as OBS sets it:
+constrained baseline, ``tune=zerolatency``, no B-frames, access unit delimiters, x264's own
+SEI, SPS and PPS before every IDR) of ``--width``x``--height`` grey frames with a moving block
+of noise, ``--block`` pixels square, sized so that the encoder holds ``--video-bitrate``, and
+of audio (libopus, CBR ``--audio-bitrate``, 20 ms frames), then publishes them over WHIP with
+a real aiortc peer connection (ICE, DTLS, SRTP): golive's forwarding sender sends the
+pre-encoded payloads as RTP (30 frames a second, each frame's packets back to back, marker on
+the last; an Opus packet every 20 ms; a sender report per track every second). Its CPU is then
+one SRTP protect and one ``sendto`` per packet, not an encoder: it shares the machine's two
+cores with the server and the viewers.
 
-A keyframe request (PLI or FIR from the server) is answered on the next frame with a keyframe
+VP8 is packetized as aiortc does (RFC 7741); H.264 as OBS's WHIP output does (libdatachannel's
+packetizer): every NAL unit in its own RTP packet (single NAL unit packets), FU-A fragments for
+those that do not fit, never STAP-A (RFC 6184); a keyframe's access unit is then AUD, SPS,
+PPS, (SEI), IDR, each its own packet or packets. The offer names the one video codec sent
+(H.264: ``packetization-mode=1;profile-level-id=42e01f``), so the server forwards that.
+
+Keyframes. By default the stream has one keyframe, the first frame (as a browser's would), and
+a keyframe request (PLI or FIR from the server) is answered on the next frame with a keyframe
 encoded beforehand: the stream is then not decodable as one (the next frames were encoded
-against another picture), which no one here does; packet sizes, timing and the VP8 payload
-descriptors (start bit, keyframe bit, picture id) are real. Without requests, the stream has
-one keyframe, the first frame (as a browser's would). NACKs are answered from a cache of the
-last packets, on the RTX stream, as browsers do.
+against another picture), which no one here does; packet sizes, timing and payload headers are
+real. With ``--keyframe-interval SECONDS`` the loop is instead whole groups of pictures (a
+keyframe every SECONDS, the first frame one, no other: no scene-cut keyframes), so that a real
+decoder decodes the looped stream (it restarts on a keyframe), and a request is answered by
+jumping to the start of the loop's next group. ``--ignore-keyframe-requests`` counts requests
+and never answers them (as OBS, whose WHIP output has no handler for PLI or FIR).
+NACKs are answered from a cache of the last packets, on the RTX stream, as browsers do.
 
-Prints ``{"event": "publishing"}`` once both tracks are sending; then, on stdin, ``count``
-prints ``{"event": "count", "packets": ...}`` (RTP packets made so far, whether they could
-be sent or not, retransmissions apart), and ``stop`` (or EOF) ends the session (DELETE) and
-prints ``{"event": "stopped", ...}``.
+Prints ``{"event": "publishing"}`` once both tracks are sending (and, with
+``--announce-keyframes``, ``{"event": "keyframe", "index": k, "time": t}`` as the k-th
+keyframe, from 0, has been sent, ``t`` the wall clock, ``time.time()``); then, on stdin,
+``count`` prints ``{"event": "count", "packets": ..., "keyframes_sent": ...,
+"keyframe_requests": ...}`` (RTP packets made so far, whether they could be sent or not,
+retransmissions apart; keyframes sent so far; PLIs and FIRs received so far), and ``stop``
+(or EOF) ends the session (DELETE) and prints ``{"event": "stopped", ...}``.
 """
 
 from __future__ import annotations
@@ -42,7 +57,7 @@ from typing import Any
 
 import aiohttp
 import av
-from aiortc import RTCRtpSender, RTCSessionDescription
+from aiortc import RTCRtpCodecCapability, RTCRtpSender, RTCSessionDescription
 from av import VideoFrame
 
 from bench.viewers import stdin
@@ -51,20 +66,62 @@ from golive.media import hooks
 from golive.media.hooks import ForwardingPeerConnection, ForwardingSender
 
 FPS = 30
-LOOP_FRAMES = 300  # 10 s of video, sent over and over
+LOOP_FRAMES = 300  # 10 s of video, sent over and over (with an interval: at least this)
 PAYLOAD_MAX = 1300  # VP8 payload (descriptor included) per packet, as aiortc's packetizer
+H264_PAYLOAD_MAX = 1200  # H.264 payload per packet (an FU-A's two header bytes included)
 AUDIO_FRAME = 960  # 20 ms at 48 kHz
 SENDER_REPORT_INTERVAL = 1.0
 RESEND_CACHE = 512  # packets kept per track for NACKs (2 s of 2 Mbit/s video)
+CODECS = ("vp8", "h264")
 _RTP = struct.Struct("!BBHII")
 _NTP_EPOCH = 2208988800
+_H264_FU_A = 28
+_START_CODE = b"\x00\x00\x01"
 
 
 @dataclass
 class EncodedVideo:
-    keyframe: bytes  # the first frame
-    frames: list[bytes]  # the loop (inter frames only)
-    requested_keyframe: bytes  # sent in answer to a keyframe request
+    """The frames to send, in order: ``frames[0]`` first, then on to the end, then again from
+    ``loop_from``. Keyframes at the indices in ``keyframes`` only."""
+
+    codec: str  # "vp8" or "h264"
+    frames: list[bytes]  # each frame as the encoder made it (H.264: an Annex B access unit)
+    keyframes: frozenset[int]
+    loop_from: int
+    # Sent in answer to a keyframe request (then the loop goes on); None: a request jumps to
+    # the start of the loop's next group of pictures instead.
+    requested_keyframe: bytes | None
+
+    @property
+    def first_keyframe(self) -> bytes:
+        return self.frames[0]
+
+
+@dataclass
+class VideoLoop:
+    """Which frame goes out next, keyframe requests included."""
+
+    video: EncodedVideo
+    position: int = 0  # the index in ``video.frames`` of the next frame
+
+    def next_frame(self, *, keyframe_wanted: bool) -> tuple[bytes, bool]:
+        """The next frame to send and whether it is a keyframe; ``keyframe_wanted``: a
+        keyframe was asked for (and is to be answered)."""
+        video = self.video
+        if keyframe_wanted and self.position not in video.keyframes:
+            if video.requested_keyframe is not None:
+                self._advance()
+                return video.requested_keyframe, True
+            later = [index for index in video.keyframes if index > self.position]
+            self.position = min(later) if later else video.loop_from
+        frame, keyframe = video.frames[self.position], self.position in video.keyframes
+        self._advance()
+        return frame, keyframe
+
+    def _advance(self) -> None:
+        self.position += 1
+        if self.position == len(self.video.frames):
+            self.position = self.video.loop_from
 
 
 def _pictures(width: int, height: int, block: int, count: int) -> list[VideoFrame]:
@@ -88,15 +145,32 @@ def _pictures(width: int, height: int, block: int, count: int) -> list[VideoFram
     return pictures
 
 
-def encode_video(width: int, height: int, block: int, bitrate: int) -> EncodedVideo:
-    codec: Any = av.CodecContext.create("libvpx", "w")
-    codec.width, codec.height, codec.pix_fmt = width, height, "yuv420p"
-    codec.bit_rate = bitrate
-    codec.time_base = fractions.Fraction(1, FPS)
-    codec.framerate = FPS
-    codec.gop_size = 1 << 20  # no periodic keyframes
-    codec.qmin, codec.qmax = 2, 56
-    codec.options = {
+def _encoder(codec: str, width: int, height: int, bitrate: int, gop: int | None) -> Any:
+    """libvpx as aiortc sets it, or libx264 as OBS sets it; a keyframe every ``gop`` frames
+    and none elsewhere (None: only where one is forced)."""
+    name = {"vp8": "libvpx", "h264": "libx264"}[codec]
+    encoder: Any = av.CodecContext.create(name, "w")
+    encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
+    encoder.bit_rate = bitrate
+    encoder.time_base = fractions.Fraction(1, FPS)
+    encoder.framerate = FPS
+    encoder.gop_size = gop or 1 << 20
+    if codec == "h264":
+        keyint = str(gop) if gop else "infinite"
+        encoder.options = {
+            # OBS's x264 defaults for streaming: CBR, zerolatency, baseline for WebRTC
+            "preset": "veryfast",
+            "tune": "zerolatency",
+            "profile": "baseline",
+            "level": "3.1",
+            "forced-idr": "1",
+            "maxrate": str(bitrate),
+            "bufsize": str(bitrate),
+            "x264-params": f"keyint={keyint}:min-keyint={gop or 1}:scenecut=0:bframes=0:aud=1",
+        }
+        return encoder
+    encoder.qmin, encoder.qmax = 2, 56
+    encoder.options = {
         # what aiortc's own VP8 encoder sets: constant bitrate, realtime
         "bufsize": str(bitrate),
         "cpu-used": "-6",
@@ -107,15 +181,47 @@ def encode_video(width: int, height: int, block: int, bitrate: int) -> EncodedVi
         "overshoot-pct": "15",
         "undershoot-pct": "100",
         "static-thresh": "1",
+        **({"keyint_min": str(gop)} if gop else {}),
     }
-    encoded: list[bytes] = []
-    pictures = _pictures(width, height, block, LOOP_FRAMES + 1)
-    for index, picture in enumerate(pictures):
+    return encoder
+
+
+def encode_video(
+    width: int,
+    height: int,
+    block: int,
+    bitrate: int,
+    *,
+    codec: str = "vp8",
+    keyframe_interval: float | None = None,
+) -> EncodedVideo:
+    """The loop of frames to publish. Without ``keyframe_interval``: a keyframe, the loop of
+    inter frames after it, and a keyframe for requests. With it: whole groups of pictures of
+    ``keyframe_interval`` seconds (at least :data:`LOOP_FRAMES` frames, two groups at least)."""
+    gop = None if keyframe_interval is None else max(1, round(keyframe_interval * FPS))
+    if gop is None:
+        count, forced = LOOP_FRAMES + 1, {0, LOOP_FRAMES}
+    else:
+        count = gop * max(2, math.ceil(LOOP_FRAMES / gop))
+        forced = set(range(0, count, gop))
+    encoder = _encoder(codec, width, height, bitrate, gop)
+    frames: list[bytes] = []
+    keyframes: set[int] = set()
+    for index, picture in enumerate(_pictures(width, height, block, count)):
         picture.pts = index
-        if index == LOOP_FRAMES:
+        if index in forced:
             picture.pict_type = av.video.frame.PictureType.I
-        encoded.append(b"".join(bytes(packet) for packet in codec.encode(picture)))
-    return EncodedVideo(encoded[0], encoded[1:LOOP_FRAMES], encoded[LOOP_FRAMES])
+        packets = encoder.encode(picture)
+        if len(packets) != 1:  # realtime settings: one frame in, one frame out, no delay
+            raise RuntimeError(f"{codec} encoder gave {len(packets)} packets for frame {index}")
+        frames.append(bytes(packets[0]))
+        if packets[0].is_keyframe:
+            keyframes.add(index)
+    if keyframes != forced:
+        raise RuntimeError(f"{codec} keyframes at {sorted(keyframes)}, not {sorted(forced)}")
+    if gop is None:
+        return EncodedVideo(codec, frames[:LOOP_FRAMES], frozenset({0}), 1, frames[LOOP_FRAMES])
+    return EncodedVideo(codec, frames, frozenset(keyframes), 0, None)
 
 
 def encode_audio(bitrate: int) -> list[bytes]:
@@ -150,6 +256,41 @@ def vp8_payloads(frame: bytes, picture_id: int) -> list[bytes]:
         bytes([0x90 if start == 0 else 0x80, 0x80]) + pid + frame[start : start + chunk]
         for start in range(0, len(frame), chunk)
     ]
+
+
+def nal_units(access_unit: bytes) -> list[bytes]:
+    """The NAL units of an Annex B access unit (start codes, 3 or 4 bytes, removed: a NAL
+    unit never ends with a zero byte, so a 4-byte start code's first zero is trailing)."""
+    units = []
+    for chunk in access_unit.split(_START_CODE):
+        unit = chunk.rstrip(b"\x00")
+        if unit:
+            units.append(unit)
+    return units
+
+
+def h264_payloads(access_unit: bytes, payload_max: int = H264_PAYLOAD_MAX) -> list[bytes]:
+    """RFC 6184 packetization mode 1 as OBS's WHIP output does it: each NAL unit in a packet
+    of its own when it fits (single NAL unit packet), else in FU-A fragments (indicator: the
+    unit's F and NRI bits, type 28; header: start, end, the unit's type); no aggregation."""
+    payloads = []
+    chunk = payload_max - 2
+    for unit in nal_units(access_unit):
+        if len(unit) <= payload_max:
+            payloads.append(unit)
+            continue
+        indicator = bytes([unit[0] & 0xE0 | _H264_FU_A])
+        body = unit[1:]
+        for start in range(0, len(body), chunk):
+            flags = (0x80 if start == 0 else 0) | (0x40 if start + chunk >= len(body) else 0)
+            header = bytes([flags | unit[0] & 0x1F])
+            payloads.append(indicator + header + body[start : start + chunk])
+    return payloads
+
+
+def frame_payloads(codec: str, frame: bytes, picture_id: int) -> list[bytes]:
+    """A frame's RTP payloads: the access unit's packets, the marker going on the last."""
+    return h264_payloads(frame) if codec == "h264" else vp8_payloads(frame, picture_id)
 
 
 @dataclass
@@ -205,23 +346,42 @@ class Track:
 class Stats:
     frames: int = 0
     keyframes: int = 0
+    keyframe_requests: int = 0  # PLIs and FIRs received, answered or not
     audio: int = 0
     late: list[float] = field(default_factory=list)  # how late each frame went out (s)
 
 
+@dataclass(frozen=True)
+class Behaviour:
+    """How the publisher treats keyframe requests, and what it says."""
+
+    ignore_keyframe_requests: bool = False
+    announce_keyframes: bool = False
+
+
 async def send_loop(
-    video: Track, audio: Track, encoded: EncodedVideo, opus: list[bytes], stats: Stats
+    video: Track,
+    audio: Track,
+    encoded: EncodedVideo,
+    opus: list[bytes],
+    stats: Stats,
+    *,
+    behaviour: Behaviour | None = None,
 ) -> None:
     """Video frames every 1/FPS s and Opus every 20 ms, by a schedule from the start (so a
     late loop sends late, with the timestamps it should have had: the viewers see that)."""
     loop = asyncio.get_running_loop()
     start = loop.time()
+    behaviour = behaviour or Behaviour()
     keyframe_wanted = [False]
 
     def on_keyframe_request() -> None:
-        keyframe_wanted[0] = True
+        stats.keyframe_requests += 1
+        if not behaviour.ignore_keyframe_requests:
+            keyframe_wanted[0] = True
 
     video.sender.on_keyframe_request = on_keyframe_request
+    frames = VideoLoop(encoded)
     frame_index = audio_index = 0
     next_report = start
     picture_id = random.randrange(0x8000)  # noqa: S311
@@ -232,18 +392,18 @@ async def send_loop(
         await asyncio.sleep(max(0.0, due - loop.time()))
         now = loop.time()
         if video_due <= now:
-            if frame_index == 0:
-                frame, stats.keyframes = encoded.keyframe, stats.keyframes + 1
-            elif keyframe_wanted[0]:
-                frame, stats.keyframes = encoded.requested_keyframe, stats.keyframes + 1
-                keyframe_wanted[0] = False
-            else:
-                frame = encoded.frames[(frame_index - 1) % len(encoded.frames)]
-            payloads = vp8_payloads(frame, picture_id)
+            frame, keyframe = frames.next_frame(keyframe_wanted=keyframe_wanted[0])
+            keyframe_wanted[0] = keyframe_wanted[0] and not keyframe
+            payloads = frame_payloads(encoded.codec, frame, picture_id)
             picture_id = (picture_id + 1) & 0x7FFF
             ts = frame_index * (90000 // FPS)
             for number, payload in enumerate(payloads):
                 video.send(payload, ts, marker=number == len(payloads) - 1)
+            if keyframe:
+                if behaviour.announce_keyframes:
+                    event = {"event": "keyframe", "index": stats.keyframes, "time": time.time()}
+                    print(json.dumps(event), flush=True)
+                stats.keyframes += 1
             stats.late.append(now - video_due)
             stats.frames += 1
             frame_index += 1
@@ -257,6 +417,21 @@ async def send_loop(
             next_report += SENDER_REPORT_INTERVAL
 
 
+def offered(codec: RTCRtpCodecCapability, video_codec: str) -> bool:
+    """Whether the offer names ``codec``: Opus, RTX, and the one video codec sent (H.264 as
+    OBS offers it: constrained baseline, packetization mode 1)."""
+    mime = codec.mimeType.lower()
+    if mime in ("audio/opus", "video/rtx"):
+        return True
+    if video_codec == "h264":
+        return mime == "video/h264" and codec.parameters == {
+            **codec.parameters,
+            "packetization-mode": "1",
+            "profile-level-id": "42e01f",
+        }
+    return mime == "video/vp8"
+
+
 async def post(http: aiohttp.ClientSession, url: str, sdp: str) -> tuple[str, str]:
     async with http.post(url, data=sdp, headers={"Content-Type": "application/sdp"}) as response:
         answer = await response.text()
@@ -267,19 +442,22 @@ async def post(http: aiohttp.ClientSession, url: str, sdp: str) -> tuple[str, st
 
 async def run(arguments: argparse.Namespace) -> None:
     encoded = encode_video(
-        arguments.width, arguments.height, arguments.block, arguments.video_bitrate
+        arguments.width,
+        arguments.height,
+        arguments.block,
+        arguments.video_bitrate,
+        codec=arguments.codec,
+        keyframe_interval=arguments.keyframe_interval,
     )
+    behaviour = Behaviour(arguments.ignore_keyframe_requests, arguments.announce_keyframes)
     opus = encode_audio(arguments.audio_bitrate)
     hooks.install(("127.0.0.1",))
     pc = ForwardingPeerConnection()
     video_transceiver = pc.addTransceiver("video", direction="sendonly")
     audio_transceiver = pc.addTransceiver("audio", direction="sendonly")
-    for transceiver, names in (
-        (video_transceiver, ("video/vp8", "video/rtx")),
-        (audio_transceiver, ("audio/opus",)),
-    ):
+    for transceiver in (video_transceiver, audio_transceiver):
         codecs = RTCRtpSender.getCapabilities(transceiver.kind).codecs
-        transceiver.setCodecPreferences([c for c in codecs if c.mimeType.lower() in names])
+        transceiver.setCodecPreferences([c for c in codecs if offered(c, encoded.codec)])
     ready: dict[str, asyncio.Future[ForwardingSender]] = {}
     loop = asyncio.get_running_loop()
     for transceiver in (video_transceiver, audio_transceiver):
@@ -297,15 +475,18 @@ async def run(arguments: argparse.Namespace) -> None:
             asyncio.gather(ready["video"], ready["audio"]), 30
         )
         video, audio = Track(video_sender, 90000), Track(audio_sender, 48000)
-        sending = asyncio.ensure_future(send_loop(video, audio, encoded, opus, stats))
-        loop_bits = sum(len(f) for f in encoded.frames) * 8 / (len(encoded.frames) / FPS)
+        sending = asyncio.ensure_future(
+            send_loop(video, audio, encoded, opus, stats, behaviour=behaviour)
+        )
+        looped = encoded.frames[encoded.loop_from :]
+        loop_bits = sum(len(f) for f in looped) * 8 / (len(looped) / FPS)
         print(
             json.dumps(
                 {
                     "event": "publishing",
                     "video_kbps": round(loop_bits / 1e3),
                     "audio_kbps": round(sum(len(p) for p in opus) * 8 / 1e3),
-                    "keyframe_bytes": len(encoded.requested_keyframe),
+                    "keyframe_bytes": len(encoded.requested_keyframe or encoded.first_keyframe),
                 }
             ),
             flush=True,
@@ -314,7 +495,13 @@ async def run(arguments: argparse.Namespace) -> None:
         while (await commands.readline()).strip() == b"count":
             # every packet made, sent or not (not: the session ended, or the socket was full)
             sent = video.packets + video.dropped + audio.packets + audio.dropped
-            print(json.dumps({"event": "count", "packets": sent}), flush=True)
+            counted = {
+                "event": "count",
+                "packets": sent,
+                "keyframes_sent": stats.keyframes,
+                "keyframe_requests": stats.keyframe_requests,
+            }
+            print(json.dumps(counted), flush=True)
         # "stop", or EOF
         sending.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -332,6 +519,7 @@ async def run(arguments: argparse.Namespace) -> None:
                 "event": "stopped",
                 "frames": stats.frames,
                 "keyframes": stats.keyframes,
+                "keyframe_requests": stats.keyframe_requests,
                 "audio_packets": stats.audio,
                 "packets": video.packets + audio.packets,
                 "dropped": video.dropped + audio.dropped,
@@ -354,6 +542,21 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--block", type=int, default=160, help="side of the noise block")
+    parser.add_argument("--codec", choices=CODECS, default="vp8")
+    parser.add_argument(
+        "--keyframe-interval",
+        type=float,
+        metavar="SECONDS",
+        help="a keyframe every SECONDS (default: the first frame only, and when asked)",
+    )
+    parser.add_argument(
+        "--ignore-keyframe-requests",
+        action="store_true",
+        help="count PLIs and FIRs, never answer them (as OBS)",
+    )
+    parser.add_argument(
+        "--announce-keyframes", action="store_true", help='print {"event": "keyframe", ...}'
+    )
     arguments = parser.parse_args()
     configure_logging("error", "json", stream=sys.stderr)
     with contextlib.suppress(KeyboardInterrupt):
