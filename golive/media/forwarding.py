@@ -357,7 +357,9 @@ class PublishedTrack:
                 self._start_from_cache(now)
             elif waiting:
                 self.want_keyframe()
-        if change is Change.DROPPED:
+        if change is Change.STARTED and self._catching_up:
+            self._skip_to_live(now)
+        elif change is Change.DROPPED:
             self._cache_dropped()
         self._record(data)
 
@@ -648,6 +650,22 @@ class PublishedTrack:
             if viewer.catch_up is None and now - viewer.live_since > RETIMED_KEEP_SECONDS:
                 viewer.retimed = None
                 self._retimed.discard(session)
+
+    def _skip_to_live(self, now: float) -> None:
+        """A keyframe came while viewers were catching up, and they skipped to it
+        (:meth:`_cache_started`): all they have left to send is its access unit so far, which
+        goes out now, whatever their pace owes for the frames before, and they are live (the
+        rest of the keyframe comes as the publisher sends it). Paced behind the debt of the
+        frames before, the keyframe came a few hundred milliseconds late, and the picture
+        froze meanwhile."""
+        packets = self._keyframes.packets
+        rate = self._catch_up_rate(now)
+        for viewer in list(self._catching_up.values()):
+            catch_up = viewer.catch_up
+            assert catch_up is not None
+            if catch_up.packets is packets:
+                catch_up.tokens, catch_up.refilled = max(catch_up.tokens, 0.0), now
+                self._send_cached(viewer, now, rate)
 
     def _cache_dropped(self) -> None:
         """The cache grew past its bound and was emptied: viewers catching up wait for the
