@@ -473,3 +473,26 @@ async def test_a_viewer_that_asks_for_a_keyframe_is_sent_the_cached_one_again(
     assert ascending([numbers(p)[1] for p in viewer.got])
     assert room.publisher.keyframe_requests >= asked  # (coalesced: one a second)
     assert samples(room)[("golive_keyframe_cache_replays_total", ())] == 1
+
+
+async def test_a_relays_keyframe_requests_are_passed_on_never_answered_from_the_cache(
+    h264: Callable[..., Room],
+) -> None:
+    """A relay's link asks on behalf of its own viewers, whom its own cache serves: a replay
+    down the link would rewind every one of them. Its request only reaches the publisher."""
+    room = h264()
+    room.route()
+    stream = Stream(room)
+    stream.gop(10)
+    link = room.add_viewer(Viewer(ssrc=0x7000))
+    room.track.attach(SessionId("viewer0"), link, created=0.0, replays=False)
+    room.route()
+    assert isinstance(link, Viewer)
+    await caught_up(link, len(stream.packets))
+    asked = room.publisher.keyframe_requests
+    assert link.on_keyframe_request is not None
+    link.on_keyframe_request()
+    stream.frame(inter_unit(mark=30))
+    assert [p[12:] for p in link.take()] == inter_unit(mark=30)  # live, nothing replayed
+    assert room.publisher.keyframe_requests >= asked
+    assert samples(room)[("golive_keyframe_cache_replays_total", ())] == 0

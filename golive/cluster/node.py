@@ -39,6 +39,13 @@ log = structlog.get_logger(__name__)
 
 #: A relay's pull of a room carries it (``node/worker`` of the relay).
 RELAY_HEADER = "Golive-Relay"
+
+
+def relay_pull(config: Config, request: web.Request) -> bool:
+    """The request is another worker's relay pulling a room from here (a relay's WHEP offer)."""
+    return RELAY_HEADER in request.headers and from_cluster(config, request)
+
+
 #: A claim that has not become a room here within this long is released by the heartbeat.
 PENDING_CLAIM_SECONDS = 30.0
 
@@ -145,7 +152,7 @@ class Cluster:
 
     def played(self, request: web.Request, room: RoomName, session: SessionId) -> None:
         """A viewer was answered here: a relay's pull is not counted as an audience."""
-        if RELAY_HEADER in request.headers and from_cluster(self.config, request):
+        if relay_pull(self.config, request):
             self._relay_pulls[session] = room
 
     # -- resources ----------------------------------------------------------------------------

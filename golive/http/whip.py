@@ -20,10 +20,11 @@ from golive.actors.messages import (
     parse_room_name,
 )
 from golive.cluster.directory import Claim
+from golive.cluster.node import relay_pull
 from golive.config import Config
 from golive.http.auth import NotOwnerError, forbidden, owns, room_principal, unauthorized
 from golive.http.errors import Handler, json_error
-from golive.http.keys import CLUSTER, LIMITS, MEDIA, METRICS, ROOMS
+from golive.http.keys import CLUSTER, CONFIG, LIMITS, MEDIA, METRICS, ROOMS
 from golive.http.limits import Busy
 from golive.http.turn import turn_credentials
 from golive.media.limits import LimitExceededError
@@ -170,7 +171,7 @@ async def _negotiate(
         with request.app[LIMITS].negotiation(len(request.app[ROOMS].registry)):
             if role is Role.PUBLISHER:
                 return await hub.publish(room, offer)
-            return await hub.play(room, offer)
+            return await hub.play(room, offer, relay=relay_pull(request.app[CONFIG], request))
     except Busy as busy:
         request.app[METRICS].join_refusals.labels(role.value, busy.reason).inc()
         log.warning("offer refused: overloaded", room=room, role=role.value, why=busy.reason)

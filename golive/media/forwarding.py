@@ -274,9 +274,13 @@ class PublishedTrack:
         *,
         created: float,
         first_keyframe: Callable[[TrackId], None] | None = None,
+        replays: bool = True,
     ) -> None:
         """The viewer's sender for this track is connected: it may now be forwarded to, from
-        the first keyframe on. ``first_keyframe`` is called once, when that is sent."""
+        the first keyframe on. ``first_keyframe`` is called once, when that is sent.
+        ``replays``: the viewer's keyframe requests are answered from the keyframe cache
+        (:meth:`keyframe_asked`); without, they only ask the publisher (a relay's link: the
+        requests are its viewers', and a replay would rewind every one of them)."""
         self.detach(session)
         output = sender.new_output(
             random.randrange(0, 0x8000),  # noqa: S311  RTP needs unpredictable, not secret
@@ -292,7 +296,9 @@ class PublishedTrack:
         )
         self._viewers[session] = viewer
         self._by_output[output] = viewer
-        sender.on_keyframe_request = lambda: self.keyframe_asked(session)
+        sender.on_keyframe_request = (
+            (lambda: self.keyframe_asked(session)) if replays else self.want_keyframe
+        )
         sender.on_nack = lambda lost: self.retransmit(session, lost)
         if session in self._routed:  # routed already (the table came first): add its output
             self._route()

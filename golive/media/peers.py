@@ -129,6 +129,7 @@ class PeerSession:
     deadline: asyncio.TimerHandle | None = None  # ends the session if it never connects
     span: Span = trace.INVALID_SPAN  # the session's span, from its offer to its end
     on_end: Callable[[EndReason], None] | None = None  # told the session's end (a relay's)
+    relay_link: bool = False  # a viewer that is another worker's relay of the room
 
     def age(self) -> float:
         """Seconds since the session's offer arrived, for the logs of its story."""
@@ -503,13 +504,19 @@ class MediaHub:
 
     # -- play ---------------------------------------------------------------------------------
 
-    async def play(self, room: RoomName, offer_sdp: str) -> Answered | Refused:
-        """Answer a viewer's offer. Raises :class:`InvalidOfferError` if it matches no track."""
+    async def play(
+        self, room: RoomName, offer_sdp: str, *, relay: bool = False
+    ) -> Answered | Refused:
+        """Answer a viewer's offer. Raises :class:`InvalidOfferError` if it matches no track.
+        ``relay``: the viewer is another worker's relay of the room (its keyframe requests are
+        its viewers', whom its own keyframe cache serves: they are passed on, never answered
+        from the cache here)."""
         offer = parse_offer(offer_sdp)
         admitted = await self._admit(Role.SUBSCRIBER, room, offer)
         if isinstance(admitted, Refused):
             return admitted
         peer, _ = admitted
+        peer.relay_link = relay
         taps = self.taps(room)
         if not taps:  # the publisher left between the admission and now
             await self._rooms.leave(peer.session, EndReason.NEGOTIATION_FAILED)
@@ -582,6 +589,7 @@ class MediaHub:
                 sender,
                 created=peer.created,
                 first_keyframe=lambda track: peer.tell("first keyframe sent", track=track),
+                replays=not peer.relay_link,
             )
 
     # -- relay: golive as a WHEP client --------------------------------------------------------
