@@ -157,6 +157,15 @@ async def h264() -> AsyncIterator[Callable[..., Room]]:
         room.close()
 
 
+def joined_mid_gop(room: Room, inter: int, *, size: int = 1000) -> tuple[Room, Stream, Viewer]:
+    """``room`` routed, its publisher's keyframe and ``inter`` frames sent, then a viewer
+    joining."""
+    room.route()
+    stream = Stream(room)
+    stream.gop(inter, size=size)
+    return room, stream, join(room)
+
+
 def join(room: Room) -> Viewer:
     """A viewer connects now (its sender is up, then the fanout routes to it)."""
     viewer = room.add_viewer(Viewer(ssrc=0x5000 + len(room.viewers)))
@@ -167,6 +176,19 @@ def join(room: Room) -> Viewer:
 
 async def caught_up(viewer: Viewer, count: int) -> None:
     await eventually(lambda: len(viewer.got) + len(viewer.take()) >= count, what="the catch-up")
+
+
+async def started_again(viewer: Viewer, *, mark: int, after: int | None = None) -> None:
+    """``viewer`` gets the keyframe ``mark`` and one frame after it (sent since it had
+    ``after`` packets, or since it last took them), numbered on with no gap."""
+    count = len(viewer.got) if after is None else after
+    await caught_up(viewer, count + len(keyframe_unit()) + 1)
+    seqs = [numbers(p)[0] for p in viewer.got]
+    assert seqs == [(seqs[0] + n) & 0xFFFF for n in range(len(seqs))]
+    assert [p[12:] for p in viewer.got[-len(keyframe_unit()) - 1 :]] == [
+        *keyframe_unit(mark=mark),
+        *inter_unit(mark=0),
+    ]
 
 
 def catching_up(viewer: Viewer) -> bool:
@@ -251,11 +273,7 @@ async def test_the_catch_up_is_paced(h264: Callable[..., Room]) -> None:
 async def test_a_newer_keyframe_during_the_catch_up_is_skipped_to(
     h264: Callable[..., Room],
 ) -> None:
-    room = h264()
-    room.route()
-    stream = Stream(room)
-    stream.gop(60)
-    viewer = join(room)
+    _room, stream, viewer = joined_mid_gop(h264(), 60)
     assert len(viewer.take()) == len(keyframe_unit())
     stream.gop(2, mark=7)  # the next keyframe, before the pacer sent any older frame
     viewer.take()  # at once: skipped to it, the viewer is live (not paced behind K1's debt)
@@ -278,11 +296,7 @@ async def test_a_newer_keyframe_during_the_catch_up_is_skipped_to(
 async def test_sender_reports_wait_for_live_and_carry_the_viewers_offsets(
     h264: Callable[..., Room],
 ) -> None:
-    room = h264()
-    room.route()
-    stream = Stream(room)
-    stream.gop(60, size=1200)
-    viewer = join(room)
+    room, stream, viewer = joined_mid_gop(h264(), 60, size=1200)
     assert viewer.output is not None
     assert catching_up(viewer)  # catching up
     last_ts = stream.ts - FRAME_TICKS  # the newest frame's, the publisher's clock
@@ -306,11 +320,7 @@ async def test_sender_reports_wait_for_live_and_carry_the_viewers_offsets(
 async def test_a_nack_of_a_catch_up_packet_is_answered_as_it_was_sent(
     h264: Callable[..., Room],
 ) -> None:
-    room = h264()
-    room.route()
-    stream = Stream(room)
-    stream.gop(30)
-    viewer = join(room)
+    _room, stream, viewer = joined_mid_gop(h264(), 30)
     await caught_up(viewer, len(stream.packets))
     lost = [viewer.got[len(keyframe_unit()) + 10], viewer.got[-2]]
     assert viewer.on_nack is not None
@@ -344,23 +354,13 @@ async def test_the_cache_is_bounded_and_counted(h264: Callable[..., Room]) -> No
     assert asked >= 1
     stream.gop(1, mark=3)
     for viewer in (early, late):
-        await caught_up(viewer, len(viewer.got) + len(keyframe_unit()) + 1)
-        seqs = [numbers(p)[0] for p in viewer.got]
-        assert seqs == [(seqs[0] + n) & 0xFFFF for n in range(len(seqs))]
-        assert [p[12:] for p in viewer.got[-len(keyframe_unit()) - 1 :]] == [
-            *keyframe_unit(mark=3),
-            *inter_unit(mark=0),
-        ]
+        await started_again(viewer, mark=3)
 
 
 async def test_a_new_publisher_empties_the_cache_and_its_keyframe_starts_everyone(
     h264: Callable[..., Room],
 ) -> None:
-    room = h264()
-    room.route()
-    stream = Stream(room)
-    stream.gop(60)
-    viewer = join(room)
+    room, _stream, viewer = joined_mid_gop(h264(), 60)
     assert viewer.output is not None
     assert catching_up(viewer)
     new = Publisher()
@@ -373,13 +373,7 @@ async def test_a_new_publisher_empties_the_cache_and_its_keyframe_starts_everyon
     successor = Stream(room, seq=7, ts=5_000)
     successor.frame(inter_unit(mark=1))  # nobody starts on it
     successor.gop(1, mark=9)
-    await caught_up(viewer, before + len(keyframe_unit()) + 1)
-    seqs = [numbers(p)[0] for p in viewer.got]
-    assert seqs == [(seqs[0] + n) & 0xFFFF for n in range(len(seqs))]
-    assert [p[12:] for p in viewer.got[-len(keyframe_unit()) - 1 :]] == [
-        *keyframe_unit(mark=9),
-        *inter_unit(mark=0),
-    ]
+    await started_again(viewer, mark=9, after=before)
 
 
 async def test_without_the_cache_a_viewer_waits_for_the_next_keyframe(
@@ -450,11 +444,7 @@ async def test_a_viewer_that_asks_for_a_keyframe_is_sent_the_cached_one_again(
     """Chromium drops what arrives between its DTLS handshake and its receive stream, then asks
     for a keyframe (PLI) that this publisher ignores: the viewer is sent the cached keyframe
     again at once, numbered on, and caught up again; once a second at most."""
-    room = h264()
-    room.route()
-    stream = Stream(room)
-    stream.gop(20)
-    viewer = join(room)
+    room, stream, viewer = joined_mid_gop(h264(), 20)
     await caught_up(viewer, len(stream.packets))
     before = len(viewer.got)
     asked = room.publisher.keyframe_requests

@@ -349,13 +349,7 @@ class PublishedTrack:
             self._too_large.inc(len(self._fanout.outputs))
         else:
             self._waiting = waiting
-            if sent:
-                self._packets.inc(sent)
-                self._bytes.inc(sent_bytes)
-            if dropped:
-                self._dropped.inc(dropped)
-            if failed:
-                self._send_failed(failed)
+            self._count(sent, sent_bytes, dropped, failed)
             if started is not None:
                 for output in started:
                     self._started(self._by_output[output], "keyframe")
@@ -382,6 +376,17 @@ class PublishedTrack:
         if change is Change.STARTED:
             self._cache_started(now)
         return False, change
+
+    def _count(self, sent: int, sent_bytes: int, dropped: int, failed: int) -> None:
+        """Count packets delivered to viewers (and their bytes), lost to full sockets, and
+        failed (those also logged)."""
+        if sent:
+            self._packets.inc(sent)
+            self._bytes.inc(sent_bytes)
+        if dropped:
+            self._dropped.inc(dropped)
+        if failed:
+            self._send_failed(failed)
 
     def _record(self, data: bytes) -> None:
         """Tell the track's recorder (if it has one) the packet: one tell per packet, on the
@@ -602,13 +607,7 @@ class PublishedTrack:
                     failed += 1
             if output.started:
                 retimed[int.from_bytes(ts, "big")] = output.last_ts
-        if sent:
-            self._packets.inc(sent)
-            self._bytes.inc(sent_bytes)
-        if dropped:
-            self._dropped.inc(dropped)
-        if failed:
-            self._send_failed(failed)
+        self._count(sent, sent_bytes, dropped, failed)
         if catch_up.index >= len(packets):
             self._live(viewer, now)
 
