@@ -462,7 +462,10 @@ async def test_a_viewer_that_asks_for_a_keyframe_is_sent_the_cached_one_again(
     assert seqs == [(seqs[0] + n) & 0xFFFF for n in range(len(seqs))]
     assert ascending([numbers(p)[1] for p in viewer.got])
     assert room.publisher.keyframe_requests >= asked  # (coalesced: one a second)
-    assert samples(room)[("golive_keyframe_cache_replays_total", ())] == 1
+    found = samples(room)
+    assert found[("golive_keyframe_cache_replays_total", ())] == 1
+    live = (("role", "subscriber"), ("stage", "live"))
+    assert found[("golive_session_setup_seconds_count", live)] == 1  # a replay is no setup
 
 
 async def test_a_relays_keyframe_requests_are_passed_on_never_answered_from_the_cache(

@@ -613,13 +613,16 @@ class PublishedTrack:
 
     def _live(self, viewer: Viewer, now: float) -> None:
         """``viewer`` has been sent the whole cache: live packets follow (the fan-out's), its
-        numbering and clock going on from the last cached packet it was sent."""
+        numbering and clock going on from the last cached packet it was sent. (Its first
+        time is a stage of its setup; a replay's is not.)"""
         viewer.output.held = False
         viewer.catch_up = None
+        first = viewer.live_since == 0.0
         viewer.live_since = now
         self._catching_up.pop(viewer.session, None)
-        seconds = now - viewer.created
-        self._metrics.session_setup.labels("subscriber", "live").observe(seconds)
+        if first:
+            seconds = now - viewer.created
+            self._metrics.session_setup.labels("subscriber", "live").observe(seconds)
 
     def _pace(self) -> None:
         self._pacer = None
