@@ -406,34 +406,40 @@ static PyObject *Output_unbind(Output *self, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
+/* Protect the plain packet in slot (length bytes, room for the trailer) and send it now, on its
+ * own; counted in packets_sent if counted. */
+static enum delivery send_now(Output *o, uint8_t *slot, int length, int counted)
+{
+    int plain = length;
+    if (o->fd < 0)
+        return NOT_READY;
+    if (o->protect(o->srtp, slot, &length) != 0) {
+        o->send_errors++;
+        return FAILED;
+    }
+    if (sendto(o->fd, slot, (size_t)length, MSG_DONTWAIT, (struct sockaddr *)&o->address,
+               o->address_length) >= 0)
+        return counted ? account(o, 1, plain, 0) : SENT;
+    return account(o, 0, plain, errno);
+}
+
 /* Protect and send one packet (already in this viewer's numbering) now: a retransmission. */
 static PyObject *Output_send(Output *self, PyObject *packet)
 {
     Py_buffer view;
     uint8_t slot[SLOT];
-    int length, error = 0;
+    int length;
     if (PyObject_GetBuffer(packet, &view, PyBUF_SIMPLE) < 0)
         return NULL;
     if (view.len > MAX_PACKET || view.len < RTP_HEADER) {
         PyBuffer_Release(&view);
         return PyErr_Format(PyExc_ValueError, "cannot send a packet of %zd bytes", view.len);
     }
-    if (self->fd < 0) {
-        PyBuffer_Release(&view);
-        return PyLong_FromLong(NOT_READY);
-    }
     memcpy(slot, view.buf, (size_t)view.len);
     length = (int)view.len;
     PyBuffer_Release(&view);
-    if (self->protect(self->srtp, slot, &length) != 0) {
-        self->send_errors++;
-        return PyLong_FromLong(FAILED);
-    }
-    if (sendto(self->fd, slot, (size_t)length, MSG_DONTWAIT, (struct sockaddr *)&self->address,
-               self->address_length) >= 0)
-        return PyLong_FromLong(SENT); /* not in packets_sent: a resend, perhaps of another SSRC */
-    error = errno;
-    return PyLong_FromLong(account(self, 0, 0, error));
+    /* not in packets_sent: a resend, perhaps of another SSRC */
+    return PyLong_FromLong(send_now(self, slot, length, 0));
 }
 
 /* Send one packet of the keyframe cache to a viewer being brought up to live: numbered on
@@ -447,7 +453,7 @@ static PyObject *Output_catch_up(Output *self, PyObject *args, PyObject *kwargs)
     Header h;
     PyObject *packet;
     double now;
-    int rebase = 0, length, plain;
+    int rebase = 0, length;
     uint8_t slot[SLOT];
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Od|p", keywords, &packet, &now, &rebase) ||
         get_packet(packet, &view, &h) < 0)
@@ -471,18 +477,9 @@ static PyObject *Output_catch_up(Output *self, PyObject *args, PyObject *kwargs)
             self->ts_offset = self->last_ts + ticks_since(self, now) - h.ts;
         advance_mapping(self, &h, now);
     }
-    plain = length = (int)renumbered(self, view.buf, view.len, &h, slot);
+    length = (int)renumbered(self, view.buf, view.len, &h, slot);
     PyBuffer_Release(&view);
-    if (self->fd < 0)
-        return PyLong_FromLong(NOT_READY);
-    if (self->protect(self->srtp, slot, &length) != 0) {
-        self->send_errors++;
-        return PyLong_FromLong(FAILED);
-    }
-    if (sendto(self->fd, slot, (size_t)length, MSG_DONTWAIT, (struct sockaddr *)&self->address,
-               self->address_length) >= 0)
-        return PyLong_FromLong(account(self, 1, plain, 0));
-    return PyLong_FromLong(account(self, 0, plain, errno));
+    return PyLong_FromLong(send_now(self, slot, length, 1));
 }
 
 static PyObject *Output_get_bound(Output *self, void *Py_UNUSED(closure))
