@@ -489,3 +489,20 @@ async def test_a_relays_keyframe_requests_are_passed_on_never_answered_from_the_
     assert [p[12:] for p in link.take()] == inter_unit(mark=30)  # live, nothing replayed
     assert room.publisher.keyframe_requests >= asked
     assert samples(room)[("golive_keyframe_cache_replays_total", ())] == 0
+
+
+async def test_a_new_keyframe_lets_the_previous_interval_go(h264: Callable[..., Room]) -> None:
+    """Once a keyframe starts the cache again, the packets before it are held only by the NACK
+    ring (its last 1024): an interval longer than that is freed, not kept beside the new one."""
+    room = h264()
+    room.route()
+    stream = Stream(room)
+    tracemalloc.start()
+    try:
+        stream.gop(3000, size=200)  # 3000 packets: about 700 kB
+        before = tracemalloc.get_traced_memory()[0]
+        stream.gop(0, mark=1)
+        freed = before - tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert freed > 1900 * 200  # the 1976 packets past the ring's reach, at least

@@ -653,6 +653,7 @@ class PublishedTrack:
         for viewer in self._catching_up.values():
             assert viewer.catch_up is not None
             viewer.catch_up.follow(cache)
+        cache.settled()
         for session in list(self._retimed):
             viewer = self._viewers[session]
             if viewer.catch_up is None and now - viewer.live_since > RETIMED_KEEP_SECONDS:

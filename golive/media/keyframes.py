@@ -42,7 +42,8 @@ class KeyframeCache:
 
     ``packets`` is None while there is nothing to start a viewer on. On a new keyframe it is a
     new list (the old one is kept by whoever was reading it), and ``replaced`` tells where the
-    new keyframe's access unit started in the old list (``replaced_at``)."""
+    new keyframe's access unit started in the old list (``replaced_at``), until :meth:`settled`
+    (the cache must not keep the old list alive: a whole interval's packets)."""
 
     __slots__ = (
         "_au",
@@ -97,7 +98,7 @@ class KeyframeCache:
             self.replaced = old
             self.replaced_at = 0 if old is None else len(old) - (len(self._au) - 1)
             self.packets = list(self._au)
-            self._resize(sum(len(p) for p in self.packets))
+            self._resize(self._au_size)
             self.started_at = now
             if self.size > self.limit:
                 return self._drop()
@@ -109,6 +110,10 @@ class KeyframeCache:
         if self.size > self.limit:
             return self._drop()
         return Change.KEPT
+
+    def settled(self) -> None:
+        """Those reading the replaced list have followed into the new one."""
+        self.replaced = None
 
     def clear(self) -> None:
         """Forget everything (a new publisher feeds the track, or it closed)."""
