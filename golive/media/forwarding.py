@@ -187,7 +187,6 @@ class PublishedTrack:
             dropped=metrics.keyframe_cache_dropped,
         )
         self._catching_up: dict[SessionId, Viewer] = {}
-        self._retimed: set[SessionId] = set()  # viewers with catch-up timestamps kept
         self._pacer: asyncio.TimerHandle | None = None
         self._last_request = -KEYFRAME_REQUEST_INTERVAL
         self._deferred: asyncio.TimerHandle | None = None
@@ -308,7 +307,6 @@ class PublishedTrack:
         if viewer is None:
             return
         self._catching_up.pop(session, None)
-        self._retimed.discard(session)
         del self._by_output[viewer.output]
         viewer.sender.on_keyframe_request = None
         viewer.sender.on_nack = None
@@ -532,12 +530,8 @@ class PublishedTrack:
             if output.started or output.held or not output.bound:
                 continue
             viewer = self._by_output[output]
-            output.held = True
-            viewer.catch_up = CatchUp(packets, now)
-            viewer.retimed = {}
-            self._catching_up[viewer.session] = viewer
-            self._retimed.add(viewer.session)
-            self._send_cached(viewer, now, rate)
+            viewer.retimed = {}  # a start (or a restart: another publisher's clock) from scratch
+            self._catch_up(viewer, CatchUp(packets, now), rate)
             if viewer.output.started:  # (on the first cached packet)
                 self._started(viewer, "cache")
         self._waiting = sum(1 for o in self._fanout.outputs if not o.started and not o.held)
@@ -562,14 +556,18 @@ class PublishedTrack:
             return
         viewer.replayed = now
         self._metrics.keyframe_cache_replays.inc()
+        self._catch_up(viewer, CatchUp(packets, now, rebase=True), self._catch_up_rate(now))
+        self._schedule_pacer()
+
+    def _catch_up(self, viewer: Viewer, catch_up: CatchUp, rate: float) -> None:
+        """Hold ``viewer`` out of the fan-out and bring it up to live from the cache: what its
+        pace allows now (at least the keyframe), the rest from the pacer."""
         viewer.output.held = True
-        viewer.catch_up = CatchUp(packets, now, rebase=True)
+        viewer.catch_up = catch_up
         if viewer.retimed is None:
             viewer.retimed = {}
-            self._retimed.add(session)
-        self._catching_up[session] = viewer
-        self._send_cached(viewer, now, self._catch_up_rate(now))
-        self._schedule_pacer()
+        self._catching_up[viewer.session] = viewer
+        self._send_cached(viewer, catch_up.refilled, rate)
 
     def _send_cached(self, viewer: Viewer, now: float, rate: float) -> None:
         """Send ``viewer`` what its pace allows of the cache: whole frames while its tokens
@@ -654,11 +652,9 @@ class PublishedTrack:
             assert viewer.catch_up is not None
             viewer.catch_up.follow(cache)
         cache.settled()
-        for session in list(self._retimed):
-            viewer = self._viewers[session]
+        for viewer in self._viewers.values():
             if viewer.catch_up is None and now - viewer.live_since > RETIMED_KEEP_SECONDS:
                 viewer.retimed = None
-                self._retimed.discard(session)
 
     def _skip_to_live(self, now: float) -> None:
         """A keyframe came while viewers were catching up, and they skipped to it
